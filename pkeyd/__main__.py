@@ -1,0 +1,3 @@
+from pkeyd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The REST API: aiohttp app factory, routes, body schemas and middlewares."""

@@ -1,0 +1,108 @@
+"""Handlers of /api/v1, /healthz and /metrics. They parse, call the service, answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pkeyd.api.keys import METRICS, RECONCILE_TASK, RECONCILER, SERVICE, SETTINGS
+from pkeyd.api.schemas import (
+    CreatePartition,
+    parse_member_list,
+    partition_json,
+    read_json_object,
+)
+from pkeyd.domain import PKey, PortGuid
+
+routes = web.RouteTableDef()
+
+
+def _pkey(request: web.Request) -> PKey:
+    return PKey.parse(request.match_info["pkey"], "pkey")
+
+
+@routes.get("/api/v1/partitions")
+async def list_partitions(request: web.Request) -> web.Response:
+    partitions = await request.app[SERVICE].list_partitions()
+    return web.json_response({"partitions": [partition_json(p) for p in partitions]})
+
+
+@routes.post("/api/v1/partitions")
+async def create_partition(request: web.Request) -> web.Response:
+    spec = CreatePartition.parse(await read_json_object(request))
+    partition = await request.app[SERVICE].create_partition(
+        spec.name, spec.pkey, spec.ipoib, spec.members
+    )
+    return web.json_response(
+        partition_json(partition),
+        status=201,
+        headers={"Location": f"/api/v1/partitions/{partition.pkey}"},
+    )
+
+
+@routes.get("/api/v1/partitions/{pkey}")
+async def get_partition(request: web.Request) -> web.Response:
+    partition = await request.app[SERVICE].get_partition(_pkey(request))
+    return web.json_response(partition_json(partition))
+
+
+@routes.delete("/api/v1/partitions/{pkey}")
+async def delete_partition(request: web.Request) -> web.Response:
+    await request.app[SERVICE].delete_partition(_pkey(request))
+    return web.Response(status=204)
+
+
+@routes.post("/api/v1/partitions/{pkey}/members")
+async def add_members(request: web.Request) -> web.Response:
+    pkey = _pkey(request)
+    members = parse_member_list(await read_json_object(request))
+    partition = await request.app[SERVICE].add_members(pkey, members)
+    return web.json_response(partition_json(partition))
+
+
+@routes.delete("/api/v1/partitions/{pkey}/members/{guid}")
+async def remove_member(request: web.Request) -> web.Response:
+    pkey = _pkey(request)
+    guid = PortGuid.parse(request.match_info["guid"], "guid")
+    await request.app[SERVICE].remove_member(pkey, guid)
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/status")
+async def status(request: web.Request) -> web.Response:
+    desired = await request.app[SERVICE].desired_generation()
+    rec = request.app[RECONCILER].status
+    last = rec.last_reload
+    body: dict[str, Any] = {
+        "desired_generation": desired,
+        "applied_generation": rec.applied_generation,
+        "pending": rec.applied_generation != desired,
+        "reloads": {"ok": rec.reloads["ok"], "error": rec.reloads["error"]},
+        "last_reload": None
+        if last is None
+        else {
+            "result": last.result,
+            "generation": last.generation,
+            "at": last.at.isoformat(),
+            "error": last.error,
+        },
+        "last_error": rec.last_error,
+        "partitions_conf": str(request.app[SETTINGS].partitions_conf),
+    }
+    return web.json_response(body)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    task = request.app[RECONCILE_TASK]
+    if task.done():
+        return web.json_response({"status": "reconciler stopped"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})

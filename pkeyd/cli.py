@@ -1,0 +1,188 @@
+"""`pkeyd` command line: argv and environment -> Settings -> the chosen command.
+
+This is the only module that reads the environment. Every flag of `serve` may
+also come from a PKEYD_* variable (a flag wins over the variable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from pkeyd import __version__, logs
+from pkeyd.config import DEFAULT_DB_URL, DEFAULT_DEFAULT_MEMBERS, DEFAULT_PARTITIONS_CONF, Settings
+from pkeyd.domain import PKeyRange
+from pkeyd.errors import SchemaOutdatedError
+from pkeyd.store.engine import make_engine, migrate
+
+log = structlog.get_logger("pkeyd.cli")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"PKEYD_{name}", default)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "8080"
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise argparse.ArgumentTypeError(f"--listen {text!r}: the port must be a number")
+    return host, int(port)
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default=_env("DB", DEFAULT_DB_URL),
+        help="SQLAlchemy URL of the store (env PKEYD_DB; default %(default)s)",
+    )
+
+
+def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen(_env("LISTEN", "127.0.0.1:8080") or ""),
+        help="HOST:PORT of the REST API (env PKEYD_LISTEN; default 127.0.0.1:8080)",
+    )
+    parser.add_argument(
+        "--partitions-conf",
+        type=Path,
+        default=Path(_env("PARTITIONS_CONF", str(DEFAULT_PARTITIONS_CONF)) or ""),
+        help="the partitions.conf OpenSM reads (default %(default)s)",
+    )
+    reload = parser.add_mutually_exclusive_group()
+    reload.add_argument(
+        "--opensm-pid-file",
+        type=Path,
+        default=_env("OPENSM_PID_FILE"),
+        help="reload OpenSM by SIGHUP to the pid in this file",
+    )
+    reload.add_argument(
+        "--reload-command",
+        default=_env("RELOAD_COMMAND"),
+        help="reload OpenSM by running this command, e.g. 'systemctl reload opensm'",
+    )
+    parser.add_argument(
+        "--pkey-range",
+        type=PKeyRange.parse,
+        default=PKeyRange.parse(_env("PKEY_RANGE", "0x0001-0x7ffe") or ""),
+        help="PKeys allocated when a client sends none (default 0x0001-0x7ffe)",
+    )
+    parser.add_argument(
+        "--allow-both-pkeys",
+        action="store_true",
+        default=_env("ALLOW_BOTH_PKEYS", "") in ("1", "true", "yes"),
+        help="accept membership 'both' (set only if opensm.conf has allow_both_pkeys TRUE)",
+    )
+    parser.add_argument(
+        "--default-members",
+        default=_env("DEFAULT_MEMBERS", DEFAULT_DEFAULT_MEMBERS),
+        help="members of the Default partition 0x7fff (default %(default)r)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    host, port = args.listen
+    if args.opensm_pid_file is None and args.reload_command is None:
+        raise ValueError("say how to reload OpenSM: --opensm-pid-file or --reload-command")
+    return Settings(
+        db_url=args.db,
+        listen_host=host,
+        listen_port=port,
+        partitions_conf=Path(args.partitions_conf),
+        opensm_pid_file=Path(args.opensm_pid_file) if args.opensm_pid_file else None,
+        reload_command=tuple(shlex.split(args.reload_command)) if args.reload_command else None,
+        pkey_range=args.pkey_range,
+        allow_both_pkeys=args.allow_both_pkeys,
+        default_partition_members=args.default_members,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pkeyd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pkeyd {__version__}")
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=_env("LOG_FORMAT", "auto"),
+        help="JSON lines off a TTY, console on one (default auto)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    _add_db(serve)
+    _add_daemon_options(serve)
+
+    mig = sub.add_parser("migrate", help="bring the database schema to the newest revision")
+    _add_db(mig)
+
+    demo = sub.add_parser(
+        "demo", help="run pkeyd on SQLite against a generated simulated fabric (ibsim + OpenSM)"
+    )
+    demo.add_argument("--hcas", type=int, default=16, help="HCAs in the fat tree (default 16)")
+    demo.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080))
+    demo.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+    logs.configure(args.log_level, json=fmt)
+    try:
+        if args.command == "migrate":
+            asyncio.run(_migrate(args.db))
+            return 0
+        if args.command == "demo":
+            from pkeyd.demo import run_demo  # imports the simulator only when asked
+
+            return asyncio.run(run_demo(args.hcas, args.listen, keep=args.keep))
+        return _serve(settings_from_args(args))
+    except SchemaOutdatedError as exc:
+        print(f"pkeyd: {exc.message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"pkeyd: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _migrate(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    log.info("database_migrated", db=engine.url.render_as_string(hide_password=True))
+
+
+def _serve(settings: Settings) -> int:
+    from pkeyd.api.app import create_app
+
+    log.info(
+        "pkeyd_starting",
+        version=__version__,
+        listen=f"{settings.listen_host}:{settings.listen_port}",
+        partitions_conf=str(settings.partitions_conf),
+    )
+    web.run_app(
+        create_app(settings),
+        host=settings.listen_host,
+        port=settings.listen_port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10.0,
+    )
+    return 0

@@ -1,0 +1,63 @@
+"""Frozen settings of a pkeyd daemon, with units and defaults in one place.
+
+Only pkeyd.cli builds these from argv and the environment; everything else
+receives a Settings value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pkeyd.domain import PKeyRange
+from pkeyd.opensm.render import validate_default_members
+
+DEFAULT_DB_URL = "sqlite+aiosqlite:////var/lib/pkeyd/pkeyd.db"
+DEFAULT_PARTITIONS_CONF = Path("/etc/opensm/partitions.conf")
+# What OpenSM itself gives 0x7fff when a partitions.conf exists: every port a
+# limited member, the SM's own port a full one. A broadcast group keeps IPoIB
+# on the default partition working as it does without a file.
+DEFAULT_DEFAULT_MEMBERS = "ALL=limited, SELF=full"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db_url: str = DEFAULT_DB_URL
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    partitions_conf: Path = DEFAULT_PARTITIONS_CONF
+    # Exactly one way to reload OpenSM: SIGHUP to the pid in this file, or a command.
+    opensm_pid_file: Path | None = None
+    reload_command: tuple[str, ...] | None = None
+    reload_timeout_s: float = 10.0
+    pkey_range: PKeyRange = field(default_factory=PKeyRange)
+    # Mirrors allow_both_pkeys in opensm.conf: without it OpenSM reads `both` as full.
+    allow_both_pkeys: bool = False
+    default_partition_members: str = DEFAULT_DEFAULT_MEMBERS
+    # A commit wakes the reconciler, which waits this long for more commits so
+    # that a burst of API calls becomes one reload.
+    coalesce_delay_s: float = 0.05
+    # OpenSM's heavy sweep takes a while; SIGHUPs closer than this are merged.
+    min_reload_interval_s: float = 0.1
+    # Level-triggered resync: render and compare even when nothing was committed.
+    resync_interval_s: float = 60.0
+    # Transient reload failures back off from min to max, doubling.
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+    max_body_bytes: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if (self.opensm_pid_file is None) == (self.reload_command is None):
+            raise ValueError("set exactly one of --opensm-pid-file (SIGHUP) or --reload-command")
+        if not 0 <= self.listen_port <= 65535:
+            raise ValueError(f"listen port {self.listen_port} is not a TCP port")
+        validate_default_members(self.default_partition_members)
+        for name in (
+            "coalesce_delay_s",
+            "min_reload_interval_s",
+            "resync_interval_s",
+            "retry_min_s",
+            "retry_max_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")

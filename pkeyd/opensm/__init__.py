@@ -1,0 +1,1 @@
+"""Everything that touches OpenSM: rendering partitions.conf, writing it, reloading."""

@@ -1,0 +1,106 @@
+"""Engine setup and schema revision checks.
+
+This is the only module that knows which database it talks to: the SQLite
+pragmas live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from pkeyd.errors import SchemaOutdatedError
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: packaged in a wheel, or the checkout's migrations/."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "_migrations"
+    return packaged if packaged.is_dir() else here.parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    # WAL lets readers run beside the single writer; synchronous=FULL makes a
+    # commit durable before the API acknowledges it, even on power loss.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _upgrade(conn: Connection, url: str) -> None:
+    cfg = alembic_config(url)
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
+
+
+def _revision_state(conn: Connection, url: str) -> tuple[str | None, str | None, bool]:
+    current = MigrationContext.configure(conn).get_current_revision()
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    has_tables = bool(inspect(conn).get_table_names())
+    return current, head, has_tables
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the database to the newest schema (`pkeyd migrate`)."""
+    url = engine.url.render_as_string(hide_password=False)
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade, url)
+
+
+async def ensure_schema(engine: AsyncEngine) -> None:
+    """Create a brand-new empty database; refuse one at another revision.
+
+    Upgrading an existing database is an operator's decision (backups, other SM
+    nodes sharing it), so it is never done behind their back.
+    """
+    url = engine.url.render_as_string(hide_password=False)
+    async with engine.connect() as conn:
+        current, head, has_tables = await conn.run_sync(_revision_state, url)
+    if current == head:
+        return
+    if current is None and not has_tables:
+        await migrate(engine)
+        return
+    shown = engine.url.render_as_string(hide_password=True)
+    raise SchemaOutdatedError(
+        f"database {shown} is at schema revision {current or 'none (not made by pkeyd)'}, "
+        f"this pkeyd needs {head}; run: pkeyd migrate --db '{shown}'"
+    )

@@ -1,0 +1,72 @@
+"""Tables of the desired state. Alembic migrations are the only way to create them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so migrations can address them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class PartitionRow(Base):
+    __tablename__ = "partitions"
+    __table_args__ = (CheckConstraint("pkey >= 1 AND pkey <= 32767", name="pkey_range"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pkey: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(31), unique=True, nullable=False)
+    ipoib: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    members: Mapped[list[MemberRow]] = relationship(
+        back_populates="partition",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="MemberRow.guid",
+    )
+
+
+class MemberRow(Base):
+    __tablename__ = "members"
+    __table_args__ = (
+        CheckConstraint("membership IN ('full', 'limited', 'both')", name="membership"),
+    )
+
+    partition_id: Mapped[int] = mapped_column(
+        ForeignKey("partitions.id", ondelete="CASCADE"), primary_key=True
+    )
+    # GUIDs are unsigned 64-bit: too wide for a signed BIGINT, so they are kept
+    # in their canonical text form, which also sorts like the number.
+    guid: Mapped[str] = mapped_column(String(18), primary_key=True, index=True)
+    membership: Mapped[str] = mapped_column(String(8), nullable=False)
+    partition: Mapped[PartitionRow] = relationship(back_populates="members")
+
+
+class StateRow(Base):
+    """A single row holding the generation every committed change bumps."""
+
+    __tablename__ = "state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    desired_generation: Mapped[int] = mapped_column(Integer, nullable=False)
