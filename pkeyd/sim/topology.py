@@ -16,7 +16,6 @@ ibsim reads (see /usr/share/doc/ibsim-utils/net-examples):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -62,6 +61,7 @@ class Topology:
     links: tuple[Link, ...]
     sm_node: str
     _by_name: dict[str, SimNode] = field(init=False, repr=False, compare=False)
+    _cables: dict[str, list[Link]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_name: dict[str, SimNode] = {}
@@ -95,8 +95,16 @@ class Topology:
             raise ValueError(f"sm_node {self.sm_node!r} must name an HCA of the topology")
         if not any(name == sm.name for name, _ in used):
             raise ValueError(f"sm_node {self.sm_node!r} has no cabled port")
-        # frozen: bypass __setattr__ for the derived lookup table
+        # Lookup tables so large fabrics are not scanned link by link per node;
+        # the dataclass is frozen, hence object.__setattr__.
+        cables: dict[str, list[Link]] = {name: [] for name in by_name}
+        for a, pa, b, pb in self.links:
+            cables[a].append((a, pa, b, pb))
+            cables[b].append((b, pb, a, pa))
+        for ends in cables.values():
+            ends.sort(key=lambda end: end[1])
         object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_cables", cables)
 
     def node(self, name: str) -> SimNode:
         """The node called ``name`` (KeyError if there is none)."""
@@ -115,7 +123,7 @@ class Topology:
 
     def cabled_ports(self, name: str) -> list[int]:
         """Port numbers of ``name`` that have a cable, ascending."""
-        return sorted(port for _, port, _, _ in self._ends(name))
+        return [port for _, port, _, _ in self._ends(name)]
 
     def hca_ports(self) -> list[tuple[str, int, int]]:
         """(node name, port number, port GUID) of every cabled HCA port, by GUID."""
@@ -147,18 +155,14 @@ class Topology:
             )
             lines.append(f"{guid_key}=0x{n.guid:016x}")
             lines.append(f'{keyword} {n.ports} "{n.name}"')
-            for _, port, peer, peer_port in sorted(self._ends(n.name), key=lambda e: e[1]):
+            for _, port, peer, peer_port in self._ends(n.name):
                 lines.append(f'[{port}] "{peer}"[{peer_port}]')
             lines.append("")
         return "\n".join(lines)
 
-    def _ends(self, name: str) -> Iterator[Link]:
-        """Each cable touching ``name``, oriented so ``name`` comes first."""
-        for a, pa, b, pb in self.links:
-            if a == name:
-                yield (a, pa, b, pb)
-            if b == name:
-                yield (b, pb, a, pa)
+    def _ends(self, name: str) -> list[Link]:
+        """Each cable touching ``name``, oriented so ``name`` comes first, by port."""
+        return self._cables[name]
 
 
 def _check_name(name: str) -> None:
