@@ -85,6 +85,7 @@ async def bench(hcas: int, changes: int) -> None:
                 listen_port=0,
                 partitions_conf=fabric.partitions_conf,
                 opensm_pid_file=fabric.pid_file,
+                state_dir=workdir / "state",
             )
             runner = web.AppRunner(create_app(settings))
             await runner.setup()

@@ -17,11 +17,16 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from pkeyd import __version__, logs
-from pkeyd.config import DEFAULT_DB_URL, DEFAULT_DEFAULT_MEMBERS, DEFAULT_PARTITIONS_CONF, Settings
+from pkeyd import __version__, admin, logs
+from pkeyd.config import (
+    DEFAULT_DB_URL,
+    DEFAULT_PARTITIONS_CONF,
+    DEFAULT_STATE_DIR,
+    Settings,
+)
 from pkeyd.domain import PKeyRange
 from pkeyd.errors import SchemaOutdatedError
-from pkeyd.store.engine import make_engine, migrate
+from pkeyd.opensm.check import run_check
 
 log = structlog.get_logger("pkeyd.cli")
 
@@ -45,6 +50,22 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
         "--db",
         default=_env("DB", DEFAULT_DB_URL),
         help="SQLAlchemy URL of the store (env PKEYD_DB; default %(default)s)",
+    )
+
+
+def _add_opensm_options(parser: argparse.ArgumentParser) -> None:
+    """How the OpenSM that reads the file is configured (mirrors opensm.conf)."""
+    parser.add_argument(
+        "--allow-both-pkeys",
+        action="store_true",
+        default=_env("ALLOW_BOTH_PKEYS", "") in ("1", "true", "yes"),
+        help="accept membership 'both' (set only if opensm.conf has allow_both_pkeys TRUE)",
+    )
+    parser.add_argument(
+        "--qos",
+        action="store_true",
+        default=_env("QOS", "") in ("1", "true", "yes"),
+        help="accept a partition sl other than 0 (set only if opensm.conf has qos TRUE)",
     )
 
 
@@ -79,16 +100,25 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
         default=PKeyRange.parse(_env("PKEY_RANGE", "0x0001-0x7ffe") or ""),
         help="PKeys allocated when a client sends none (default 0x0001-0x7ffe)",
     )
+    _add_opensm_options(parser)
     parser.add_argument(
-        "--allow-both-pkeys",
-        action="store_true",
-        default=_env("ALLOW_BOTH_PKEYS", "") in ("1", "true", "yes"),
-        help="accept membership 'both' (set only if opensm.conf has allow_both_pkeys TRUE)",
+        "--partition-cap",
+        type=int,
+        default=int(_env("PARTITION_CAP", "128") or "128"),
+        help="PKey table entries per port when the fabric has not said (default 128)",
     )
     parser.add_argument(
-        "--default-members",
-        default=_env("DEFAULT_MEMBERS", DEFAULT_DEFAULT_MEMBERS),
-        help="members of the Default partition 0x7fff (default %(default)r)",
+        "--state-dir",
+        type=Path,
+        default=Path(_env("STATE_DIR", str(DEFAULT_STATE_DIR)) or ""),
+        help="where copies of externally edited partitions.conf files are kept",
+    )
+    parser.add_argument(
+        "--on-external-edit",
+        choices=("restore", "hold"),
+        default=_env("ON_EXTERNAL_EDIT", "restore"),
+        help="when partitions.conf was edited behind pkeyd: restore pkeyd's version "
+        "(default) or hold applying until an operator resumes",
     )
 
 
@@ -105,7 +135,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         reload_command=tuple(shlex.split(args.reload_command)) if args.reload_command else None,
         pkey_range=args.pkey_range,
         allow_both_pkeys=args.allow_both_pkeys,
-        default_partition_members=args.default_members,
+        qos=args.qos,
+        default_partition_cap=args.partition_cap,
+        state_dir=args.state_dir,
+        on_external_edit=args.on_external_edit,
     )
 
 
@@ -128,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="bring the database schema to the newest revision")
     _add_db(mig)
 
+    check = sub.add_parser("check", help="lint a partitions.conf with OpenSM's exact parser")
+    check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_opensm_options(check)
+
+    imp = sub.add_parser("import", help="take over an existing partitions.conf into the store")
+    _add_db(imp)
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--dry-run", action="store_true", help="print what would be stored")
+    imp.add_argument(
+        "--replace", action="store_true", help="replace partitions already in the store"
+    )
+    _add_opensm_options(imp)
+
+    rend = sub.add_parser("render", help="print or write the partitions.conf pkeyd would write")
+    _add_db(rend)
+    rend.add_argument("--output", type=Path, help="write atomically to this file")
+
     demo = sub.add_parser(
         "demo", help="run pkeyd on SQLite against a generated simulated fabric (ibsim + OpenSM)"
     )
@@ -144,8 +195,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level, json=fmt)
     try:
         if args.command == "migrate":
-            asyncio.run(_migrate(args.db))
+            asyncio.run(admin.migrate_store(args.db))
+            log.info("database_migrated")
             return 0
+        if args.command == "check":
+            return run_check(
+                args.file,
+                json_output=args.json,
+                allow_both_pkeys=args.allow_both_pkeys,
+                qos=args.qos,
+                out=sys.stdout,
+            )
+        if args.command == "render":
+            return asyncio.run(admin.render_store(args.db, args.output))
+        if args.command == "import":
+            offline = Settings(
+                db_url=args.db,
+                reload_command=("true",),
+                allow_both_pkeys=args.allow_both_pkeys,
+                qos=args.qos,
+            )
+            return asyncio.run(
+                admin.import_file(
+                    args.db, args.file, offline, dry_run=args.dry_run, replace=args.replace
+                )
+            )
         if args.command == "demo":
             from pkeyd.demo import run_demo  # imports the simulator only when asked
 
@@ -157,15 +231,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"pkeyd: {exc}", file=sys.stderr)
         return 2
-
-
-async def _migrate(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        await migrate(engine)
-    finally:
-        await engine.dispose()
-    log.info("database_migrated", db=engine.url.render_as_string(hide_password=True))
 
 
 def _serve(settings: Settings) -> int:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pkeyd.domain import PKeyRange
-from pkeyd.opensm.render import validate_default_members
 
 DEFAULT_DB_URL = "sqlite+aiosqlite:////var/lib/pkeyd/pkeyd.db"
 DEFAULT_PARTITIONS_CONF = Path("/etc/opensm/partitions.conf")
-# What OpenSM itself gives 0x7fff when a partitions.conf exists: every port a
-# limited member, the SM's own port a full one. A broadcast group keeps IPoIB
-# on the default partition working as it does without a file.
-DEFAULT_DEFAULT_MEMBERS = "ALL=limited, SELF=full"
+DEFAULT_STATE_DIR = Path("/var/lib/pkeyd")
+ExternalEditPolicy = Literal["restore", "hold"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +31,18 @@ class Settings:
     pkey_range: PKeyRange = field(default_factory=PKeyRange)
     # Mirrors allow_both_pkeys in opensm.conf: without it OpenSM reads `both` as full.
     allow_both_pkeys: bool = False
-    default_partition_members: str = DEFAULT_DEFAULT_MEMBERS
-    # A commit wakes the reconciler, which waits this long for more commits so
-    # that a burst of API calls becomes one reload.
+    # Mirrors qos in opensm.conf: without it OpenSM forces every partition's SL to 0.
+    qos: bool = False
+    # PKey table entries of a port when the fabric has not told its PartitionCap.
+    default_partition_cap: int = 128
+    # Copies of partitions.conf edited behind pkeyd's back are kept here.
+    state_dir: Path = DEFAULT_STATE_DIR
+    # On such an edit: put pkeyd's version back, or stop applying until told.
+    on_external_edit: ExternalEditPolicy = "restore"
+    # A commit wakes the reconciler, which waits until commits pause this long
+    # (but at most coalesce_max_s) so that a burst of API calls becomes one reload.
     coalesce_delay_s: float = 0.05
+    coalesce_max_s: float = 1.0
     # OpenSM's heavy sweep takes a while; SIGHUPs closer than this are merged.
     min_reload_interval_s: float = 0.1
     # Level-triggered resync: render and compare even when nothing was committed.
@@ -51,9 +57,15 @@ class Settings:
             raise ValueError("set exactly one of --opensm-pid-file (SIGHUP) or --reload-command")
         if not 0 <= self.listen_port <= 65535:
             raise ValueError(f"listen port {self.listen_port} is not a TCP port")
-        validate_default_members(self.default_partition_members)
+        if self.on_external_edit not in ("restore", "hold"):
+            raise ValueError(
+                f"on_external_edit must be restore or hold, not {self.on_external_edit!r}"
+            )
+        if not 1 <= self.default_partition_cap <= 0xFFFF:
+            raise ValueError("default_partition_cap must be 1-65535")
         for name in (
             "coalesce_delay_s",
+            "coalesce_max_s",
             "min_reload_interval_s",
             "resync_interval_s",
             "retry_min_s",

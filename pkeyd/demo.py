@@ -42,6 +42,7 @@ async def run_demo(hcas: int, listen: tuple[str, int], *, keep: bool = False) ->
                 listen_port=listen[1],
                 partitions_conf=fabric.partitions_conf,
                 opensm_pid_file=fabric.pid_file,
+                state_dir=workdir / "state",
             )
             app = create_app(settings)
             runner = web.AppRunner(app, access_log=None)

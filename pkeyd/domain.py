@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from pkeyd.errors import ValidationError
+from pkeyd.groups import GroupSettings, McastGroup
 
 PKEY_MIN = 0x0001
 PKEY_MAX = 0x7FFE
 DEFAULT_PKEY = 0x7FFF
+DEFAULT_NAME = "Default"
 FULL_BIT = 0x8000
 
 NAME_MAX = 31
@@ -147,8 +149,22 @@ def validate_name(raw: object, field_name: str = "name") -> str:
         raise ValidationError("must be printable ASCII", field_name)
     if raw[0].isdigit():
         raise ValidationError("must not start with a digit (OpenSM reads it as a PKey)", field_name)
-    if raw == "Default":
+    if raw == DEFAULT_NAME:
         raise ValidationError("'Default' is the name of 0x7fff, managed by pkeyd", field_name)
+    return raw
+
+
+# Keyword members, in the order pkeyd renders them: SELF after the ALL kinds,
+# so that `ALL=limited, SELF=full` gives the SM port full membership.
+KEYWORDS = ("ALL", "ALL_CAS", "ALL_SWITCHES", "ALL_ROUTERS", "SELF")
+
+
+def parse_keyword(raw: object, field_name: str) -> str:
+    if not isinstance(raw, str) or raw not in KEYWORDS:
+        raise ValidationError(
+            f"{raw!r} is not a keyword; use one of {', '.join(KEYWORDS)} (case-sensitive)",
+            field_name,
+        )
     return raw
 
 
@@ -156,16 +172,35 @@ def validate_name(raw: object, field_name: str = "name") -> str:
 class Member:
     guid: PortGuid
     membership: Membership
+    index0: bool = False  # OpenSM puts this PKey at index 0 of the port's table
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordMember:
+    """ALL, ALL_CAS, ALL_SWITCHES, ALL_ROUTERS or SELF: expanded by OpenSM at each sweep."""
+
+    keyword: str
+    membership: Membership
+    index0: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Partition:
-    """A user partition as stored: members sorted by GUID."""
+    """A partition as stored: members sorted by GUID, keywords in KEYWORDS order."""
 
     pkey: PKey
     name: str
     ipoib: bool
     members: tuple[Member, ...] = field(default=())
+    keywords: tuple[KeywordMember, ...] = field(default=())
+    settings: GroupSettings = field(default_factory=GroupSettings)
+    defmember: Membership | None = None
+    indx0: bool = False
+    mgroups: tuple[McastGroup, ...] = field(default=())
+
+    @property
+    def is_default(self) -> bool:
+        return self.pkey.is_default
 
 
 @dataclass(frozen=True, slots=True)

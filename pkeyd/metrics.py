@@ -1,10 +1,22 @@
-"""Prometheus metrics, all on an injected CollectorRegistry (tests stay isolated)."""
+"""Prometheus metrics, all on an injected CollectorRegistry (tests stay isolated).
+
+The catalogue (names, types, labels, meaning) is documented in
+docs/metrics.md; keep the two in step. Labelled series are created up front
+with every label value they can take, so a dashboard never sees "no data"
+where the true answer is zero. Cardinality stays bounded: no label carries a
+GUID or a PKey.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from pkeyd import __version__
+
+DRIFT_KINDS = ("missing", "wrong_membership", "unexpected", "absent_member", "over_capacity")
+REFUSAL_REASONS = ("self_check",)
+# Latencies from a few ms (a reload) to minutes (OpenSM down, then back).
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
@@ -16,7 +28,7 @@ class Metrics:
         )
         self.members = Gauge(
             "pkeyd_members",
-            "Member entries in the desired state, by membership",
+            "Member entries (GUIDs) in the desired state, by membership",
             ["membership"],
             registry=registry,
         )
@@ -28,6 +40,11 @@ class Metrics:
         self.applied_generation = Gauge(
             "pkeyd_applied_generation",
             "Generation last written to partitions.conf and reloaded into OpenSM",
+            registry=registry,
+        )
+        self.verified_generation = Gauge(
+            "pkeyd_verified_generation",
+            "Generation last confirmed on the ports' PKey tables",
             registry=registry,
         )
         self.reloads = Counter(
@@ -42,14 +59,68 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.refused_writes = Counter(
+            "pkeyd_refused_writes_total",
+            "Renders kept off the live file by the safety net, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.external_edits = Counter(
+            "pkeyd_external_edits_total",
+            "Edits or deletions of partitions.conf made behind pkeyd's back",
+            registry=registry,
+        )
+        self.held = Gauge(
+            "pkeyd_reconcile_held",
+            "1 while applying is held after an external edit, waiting for an operator",
+            registry=registry,
+        )
+        self.opensm_up = Gauge(
+            "pkeyd_opensm_up",
+            "1 if the last attempt to reach OpenSM (reload) succeeded, else 0",
+            registry=registry,
+        )
         self.render_seconds = Histogram(
             "pkeyd_render_duration_seconds",
-            "Time to render partitions.conf from the desired state",
+            "Time to render partitions.conf and check it with pkeyd's parser",
             registry=registry,
         )
         self.reconcile_seconds = Histogram(
             "pkeyd_reconcile_duration_seconds",
-            "Time of one reconcile pass: read state, render, write, reload",
+            "Time of one reconcile pass that wrote or reloaded: read state, render, write, reload",
+            registry=registry,
+        )
+        self.verification_seconds = Histogram(
+            "pkeyd_verification_duration_seconds",
+            "Time to read the PKey tables of the fabric and compare them",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.apply_latency = Histogram(
+            "pkeyd_apply_latency_seconds",
+            "From the commit of a change to its verification on the ports",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.last_verification = Gauge(
+            "pkeyd_last_successful_verification_timestamp_seconds",
+            "Unix time of the last verification pass that read the whole fabric",
+            registry=registry,
+        )
+        self.drift_ports = Gauge(
+            "pkeyd_drift_ports",
+            "Ports with at least one difference of this kind from the desired state",
+            ["kind"],
+            registry=registry,
+        )
+        self.mad_timeouts = Counter(
+            "pkeyd_mad_timeouts_total",
+            "Management datagrams to the fabric that timed out (before retries)",
+            registry=registry,
+        )
+        self.mads_sent = Counter(
+            "pkeyd_mads_sent_total",
+            "Management datagrams sent to the fabric, retries included",
             registry=registry,
         )
         self.http_requests = Counter(
@@ -67,3 +138,9 @@ class Metrics:
         for result in ("ok", "error"):
             self.reloads.labels(result=result)
             self.writes.labels(result=result)
+        for reason in REFUSAL_REASONS:
+            self.refused_writes.labels(reason=reason)
+        for kind in DRIFT_KINDS:
+            self.drift_ports.labels(kind=kind)
+        for membership in ("full", "limited", "both"):
+            self.members.labels(membership=membership)

@@ -1,10 +1,11 @@
 """The single background loop that makes OpenSM hold the desired state.
 
-Level-triggered: each pass reads the whole desired state, renders it, replaces
-partitions.conf when its bytes differ and asks OpenSM to reload. Commits wake
-the loop; a short coalescing delay and a minimum interval between reloads turn
-a burst of API calls into a few reloads. A periodic resync repairs a file that
-changed behind pkeyd's back. One pass at a time, never inside a DB transaction.
+Level-triggered: each pass reads the whole desired state, renders it, checks
+the render with pkeyd's own OpenSM parser, replaces partitions.conf when its
+bytes differ and asks OpenSM to reload. Commits wake the loop; a short
+coalescing delay and a minimum interval between reloads turn a burst of API
+calls into a few reloads. A periodic resync notices a file edited behind
+pkeyd's back. One pass at a time, never inside a DB transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections import Counter as TallyCounter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 
@@ -23,9 +23,10 @@ from pkeyd.config import Settings
 from pkeyd.domain import DesiredState
 from pkeyd.errors import ReloadError
 from pkeyd.metrics import Metrics
+from pkeyd.opensm.livefile import ExternalEdit, LiveFile
 from pkeyd.opensm.reload import Reloader
 from pkeyd.opensm.render import render
-from pkeyd.opensm.writer import atomic_write, read_live, remove_stale_temps
+from pkeyd.opensm.selfcheck import self_check
 
 log = structlog.get_logger("pkeyd.reconcile")
 
@@ -41,6 +42,15 @@ class ReloadOutcome:
 
 
 @dataclass
+class Refusal:
+    """A render the safety net kept off the live file."""
+
+    generation: int
+    at: datetime
+    problems: list[str]
+
+
+@dataclass
 class ReconcileStatus:
     applied_generation: int | None = None
     seen_generation: int | None = None
@@ -48,6 +58,9 @@ class ReconcileStatus:
     last_error: str | None = None
     reloads: TallyCounter[str] = field(default_factory=TallyCounter)
     passes: int = 0
+    refused: Refusal | None = None
+    external_edit: ExternalEdit | None = None
+    held: bool = False
 
 
 class Reconciler:
@@ -62,7 +75,7 @@ class Reconciler:
         self._load_state = load_state
         self._reloader = reloader
         self._metrics = metrics
-        self._path: Path = settings.partitions_conf
+        self._live = LiveFile(settings.partitions_conf, settings.state_dir / "external-edits")
         self._wake = asyncio.Event()
         self._last_reload_mono = -1e9
         self.status = ReconcileStatus()
@@ -71,9 +84,16 @@ class Reconciler:
         """Called after every commit; cheap and safe to call often."""
         self._wake.set()
 
+    def resume(self) -> None:
+        """An operator decided: put pkeyd's version back and apply again."""
+        self.status.held = False
+        self._metrics.held.set(0)
+        log.info("reconcile_resumed")
+        self.wake()
+
     async def run(self) -> None:
         """Run until cancelled. Errors of a pass are recorded and retried with backoff."""
-        removed = await asyncio.to_thread(remove_stale_temps, self._path)
+        removed = await asyncio.to_thread(self._live.remove_stale_temps)
         if removed:
             log.warning("stale_temp_files_removed", paths=[str(p) for p in removed])
         backoff = self._settings.retry_min_s
@@ -100,14 +120,18 @@ class Reconciler:
             await asyncio.wait_for(self._wake.wait(), self._settings.resync_interval_s)
         except TimeoutError:
             return  # periodic resync
-        # Let a burst of commits land before reading the state once for all.
+        # Debounce: wait until commits pause for coalesce_delay_s (but no longer
+        # than coalesce_max_s), so a burst of API calls becomes one pass.
+        settings = self._settings
+        give_up = time.monotonic() + settings.coalesce_max_s
+        while True:
+            self._wake.clear()
+            await asyncio.sleep(settings.coalesce_delay_s)
+            if not self._wake.is_set() or time.monotonic() >= give_up:
+                break
         since_reload = time.monotonic() - self._last_reload_mono
-        delay = max(
-            self._settings.coalesce_delay_s,
-            self._settings.min_reload_interval_s - since_reload,
-        )
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if since_reload < settings.min_reload_interval_s:
+            await asyncio.sleep(settings.min_reload_interval_s - since_reload)
         self._wake.clear()
 
     async def reconcile_once(self) -> None:
@@ -118,22 +142,66 @@ class Reconciler:
         self._update_state_gauges(state)
 
         with self._metrics.render_seconds.time():
-            data = render(state, self._settings.default_partition_members).encode("ascii")
-        live = await asyncio.to_thread(read_live, self._path)
+            text = render(state)
+            problems = self_check(
+                text,
+                state,
+                allow_both_pkeys=self._settings.allow_both_pkeys,
+                qos=self._settings.qos,
+            )
+        if problems:
+            self._refuse(state.generation, problems)
+            return
+        self.status.refused = None
+        data = text.encode("ascii")
+
+        live = await asyncio.to_thread(self._live.read)
+        edit = await asyncio.to_thread(self._live.inspect, live)
+        if edit is not None:
+            self._note_external_edit(edit)
+        if self.status.held:
+            return
         if live == data and self.status.applied_generation == state.generation:
             return
         if live != data:
             try:
-                await asyncio.to_thread(atomic_write, self._path, data)
+                await asyncio.to_thread(self._live.write, data)
             except OSError as exc:
                 self._metrics.writes.labels(result="error").inc()
-                log.error("config_write_failed", path=str(self._path), error=str(exc))
+                log.error("config_write_failed", path=str(self._live.path), error=str(exc))
                 raise
             self._metrics.writes.labels(result="ok").inc()
-            if live is not None and self.status.applied_generation is None:
-                log.info("config_replaced_at_start", path=str(self._path))
         await self._reload(state.generation)
         self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def _refuse(self, generation: int, problems: list[str]) -> None:
+        """Keep the last good file: this render would not mean what was asked."""
+        if self.status.refused is None or self.status.refused.problems != problems:
+            log.error("render_refused", generation=generation, problems=problems[:20])
+            self._metrics.refused_writes.labels(reason="self_check").inc()
+        self.status.refused = Refusal(generation, datetime.now(UTC), problems)
+
+    def _note_external_edit(self, edit: ExternalEdit) -> None:
+        self.status.external_edit = edit
+        if edit.kind == "taken_over":
+            log.warning("config_taken_over", path=str(self._live.path), saved_to=str(edit.saved_to))
+            return
+        self._metrics.external_edits.inc()
+        log.warning(
+            "external_edit_detected",
+            kind=edit.kind,
+            path=str(self._live.path),
+            saved_to=str(edit.saved_to) if edit.saved_to else None,
+            policy=self._settings.on_external_edit,
+        )
+        if self._settings.on_external_edit == "hold":
+            self.status.held = True
+            self._metrics.held.set(1)
+            # The held file is the new baseline: the same bytes are not a new edit.
+            self._live.accept(self._live_bytes_for(edit))
+
+    def _live_bytes_for(self, edit: ExternalEdit) -> bytes | None:
+        return None if edit.saved_to is None else edit.saved_to.read_bytes()
 
     async def _reload(self, generation: int) -> None:
         self._last_reload_mono = time.monotonic()
@@ -142,11 +210,13 @@ class Reconciler:
             await self._reloader.reload()
         except ReloadError as exc:
             self._record_reload(ReloadOutcome("error", generation, now, exc.message))
+            self._metrics.opensm_up.set(0)
             log.warning("opensm_reload_failed", generation=generation, error=exc.message)
             raise
         self._record_reload(ReloadOutcome("ok", generation, now))
         self.status.applied_generation = generation
         self.status.last_error = None
+        self._metrics.opensm_up.set(1)
         self._metrics.applied_generation.set(generation)
         log.info("opensm_reloaded", generation=generation)
 

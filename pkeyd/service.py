@@ -15,9 +15,20 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
-from pkeyd.domain import DesiredState, Member, Membership, Partition, PKey, PortGuid
+from pkeyd.domain import (
+    DesiredState,
+    KeywordMember,
+    Member,
+    Membership,
+    Partition,
+    PKey,
+    PortGuid,
+)
+from pkeyd.drafts import MemberSpec, PartitionDraft, PartitionPatch
 from pkeyd.errors import ConflictError, NotFoundError, ValidationError
+from pkeyd.groups import GroupSettings, McastGroup
 from pkeyd.store.models import PartitionRow
 from pkeyd.store.repository import Repository, to_domain
 
@@ -28,15 +39,17 @@ class PartitionService:
         sessions: async_sessionmaker[AsyncSession],
         settings: Settings,
         on_commit: Callable[[], None],
+        capacity: CapacityGuard | None = None,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._on_commit = on_commit
+        self._capacity = capacity or CapacityGuard(settings.default_partition_cap)
         self._write_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Repository]:
-        """One write transaction; bumps the generation only if the caller changed something."""
+        """One write transaction; the caller bumps the generation if it changed something."""
         async with self._write_lock, self._sessions() as session:
             try:
                 async with session.begin():
@@ -45,22 +58,68 @@ class PartitionService:
                 raise _conflict(exc) from exc
         self._on_commit()
 
-    def check_memberships(self, members: Sequence[Member], field_prefix: str) -> None:
-        if self._settings.allow_both_pkeys:
-            return
-        for i, member in enumerate(members):
-            if member.membership is Membership.BOTH:
-                raise ValidationError(
-                    "'both' needs allow_both_pkeys (as in opensm.conf); without it OpenSM "
-                    "silently makes the port a full member",
-                    f"{field_prefix}[{i}].membership",
-                )
+    # -- checks that depend on how OpenSM is configured ---------------------
 
-    async def create_partition(
-        self, name: str, pkey: PKey | None, ipoib: bool, members: Sequence[Member]
-    ) -> Partition:
-        self.check_memberships(members, "members")
+    def _check_membership(self, membership: Membership | None, field: str) -> None:
+        if membership is Membership.BOTH and not self._settings.allow_both_pkeys:
+            raise ValidationError(
+                "'both' needs allow_both_pkeys (as in opensm.conf); without it OpenSM "
+                "silently makes the port a full member",
+                field,
+            )
+
+    def _check_settings(self, settings: GroupSettings, prefix: str = "") -> None:
+        if settings.sl not in (None, 0) and not self._settings.qos:
+            raise ValidationError(
+                "OpenSM forces sl to 0 unless QoS is enabled (configure pkeyd with qos)",
+                prefix + "sl",
+            )
+
+    def _resolve(
+        self, specs: Sequence[MemberSpec], default: Membership | None, field: str
+    ) -> list[tuple[PortGuid | str, Membership, bool]]:
+        resolved = []
+        for i, spec in enumerate(specs):
+            membership = spec.membership or default or Membership.FULL
+            self._check_membership(membership, f"{field}[{i}].membership")
+            resolved.append((spec.target, membership, spec.index0))
+        return resolved
+
+    def _members(
+        self, specs: Sequence[MemberSpec], default: Membership | None
+    ) -> tuple[Member, ...]:
+        resolved = self._resolve(specs, default, "members")
+        return tuple(
+            sorted(
+                (Member(t, m, i) for t, m, i in resolved if isinstance(t, PortGuid)),
+                key=lambda m: m.guid,
+            )
+        )
+
+    def _keywords(
+        self, specs: Sequence[MemberSpec], default: Membership | None
+    ) -> tuple[KeywordMember, ...]:
+        resolved = self._resolve(specs, default, "keywords")
+        return tuple(KeywordMember(str(t), m, i) for t, m, i in resolved)
+
+    def _bind_groups(
+        self, groups: Sequence[McastGroup], pkey: PKey, settings: GroupSettings
+    ) -> tuple[McastGroup, ...]:
+        bound = []
+        for i, group in enumerate(groups):
+            self._check_settings(group.settings, f"mgroups[{i}].")
+            bound.append(group.bind(pkey.value, settings, f"mgroups[{i}]."))
+        return tuple(bound)
+
+    # -- use-cases -----------------------------------------------------------
+
+    async def create_partition(self, draft: PartitionDraft) -> Partition:
+        self._check_membership(draft.defmember, "defmember")
+        self._check_settings(draft.settings)
+        members = self._members(draft.members, draft.defmember)
+        keywords = self._keywords(draft.keywords, draft.defmember)
         async with self._write() as repo:
+            pkey = draft.pkey
             if pkey is None:
                 free = await repo.lowest_free_pkey(self._settings.pkey_range)
                 if free is None:
@@ -68,32 +127,95 @@ class PartitionService:
                 pkey = PKey(free)
             elif await repo.get_partition(pkey) is not None:
                 raise ConflictError(f"partition {pkey} already exists", "pkey")
-            if await repo.name_taken(name):
-                raise ConflictError(f"a partition named {name!r} already exists", "name")
-            row = await repo.add_partition(pkey, name, ipoib, members, _now())
+            if await repo.name_taken(draft.name):
+                raise ConflictError(f"a partition named {draft.name!r} already exists", "name")
+            partition = Partition(
+                pkey=pkey,
+                name=draft.name,
+                ipoib=draft.ipoib,
+                members=members,
+                keywords=keywords,
+                settings=draft.settings,
+                defmember=draft.defmember,
+                indx0=draft.indx0,
+                mgroups=self._bind_groups(draft.mgroups, pkey, draft.settings),
+            )
+            await self._capacity.check(repo, partition.pkey, members, keywords)
+            row = await repo.add_partition(partition, _now())
+            await repo.bump_generation()
+            return to_domain(row)
+
+    async def patch_partition(self, pkey: PKey, patch: PartitionPatch) -> Partition:
+        async with self._write() as repo:
+            row = await self._existing(repo, pkey)
+            current = to_domain(row)
+            if current.is_default and "name" in patch.present:
+                raise ValidationError("the Default partition keeps its name", "name")
+            if "defmember" in patch.present:
+                self._check_membership(patch.defmember, "defmember")
+            settings = current.settings.merged(patch.settings, set(patch.present))
+            self._check_settings(settings)
+            groups = current.mgroups if patch.mgroups is None else patch.mgroups
+            changed = Partition(
+                pkey=current.pkey,
+                name=patch.name if patch.name is not None else current.name,
+                ipoib=patch.ipoib if patch.ipoib is not None else current.ipoib,
+                members=current.members,
+                keywords=current.keywords,
+                settings=settings,
+                defmember=patch.defmember if "defmember" in patch.present else current.defmember,
+                indx0=patch.indx0 if patch.indx0 is not None else current.indx0,
+                mgroups=self._bind_groups(groups, current.pkey, settings),
+            )
+            if changed == current:
+                return current
+            if changed.name != current.name and await repo.name_taken(changed.name):
+                raise ConflictError(f"a partition named {changed.name!r} already exists", "name")
+            repo.set_fields(row, changed, _now())
+            if changed.mgroups != current.mgroups:
+                await repo.replace_mgroups(row, changed.mgroups)
             await repo.bump_generation()
             return to_domain(row)
 
     async def delete_partition(self, pkey: PKey) -> None:
+        if pkey.is_default:
+            raise ConflictError("the Default partition 0x7fff cannot be deleted", "pkey")
         async with self._write() as repo:
             row = await self._existing(repo, pkey)
             await repo.delete_partition(row)
             await repo.bump_generation()
 
-    async def add_members(self, pkey: PKey, members: Sequence[Member]) -> Partition:
-        self.check_memberships(members, "members")
+    async def add_members(
+        self, pkey: PKey, member_specs: Sequence[MemberSpec], keyword_specs: Sequence[MemberSpec]
+    ) -> Partition:
         async with self._write() as repo:
             row = await self._existing(repo, pkey)
-            if await repo.upsert_members(row, members, _now()):
+            default = Membership(row.defmember) if row.defmember else None
+            members = self._members(member_specs, default)
+            keywords = self._keywords(keyword_specs, default)
+            await self._capacity.check(repo, pkey, members, keywords, row)
+            if await repo.upsert_members(row, members, keywords, _now()):
                 await repo.bump_generation()
             return to_domain(row)
 
-    async def remove_member(self, pkey: PKey, guid: PortGuid) -> None:
+    async def remove_member(self, pkey: PKey, target: PortGuid | str) -> None:
         async with self._write() as repo:
             row = await self._existing(repo, pkey)
-            if not await repo.remove_member(row, guid, _now()):
-                raise NotFoundError(f"{guid} is not a member of {pkey}", "guid")
+            if not await repo.remove_member(row, str(target), _now()):
+                raise NotFoundError(f"{target} is not a member of {pkey}", "guid")
             await repo.bump_generation()
+
+    async def replace_all(self, partitions: Sequence[Partition]) -> int:
+        """Make these the whole desired state (import). Returns the new generation."""
+        async with self._write() as repo:
+            await repo.delete_all_partitions_but_default()
+            now = _now()
+            for partition in partitions:
+                if partition.is_default:
+                    row = await self._existing(repo, partition.pkey)
+                    await repo.delete_partition(row)
+                await repo.add_partition(partition, now)
+            return await repo.bump_generation()
 
     async def get_partition(self, pkey: PKey) -> Partition:
         async with self._sessions() as session, session.begin():
@@ -128,6 +250,8 @@ def _now() -> datetime:
 def _conflict(exc: IntegrityError) -> ConflictError:
     """Map a unique violation (another writer won a race) to a 409 naming the field."""
     text = str(exc.orig).lower()
+    if "mgid" in text:
+        return ConflictError("a multicast group with that mgid exists already", "mgroups")
     for field in ("name", "pkey"):
         if field in text:
             return ConflictError(f"a partition with that {field} already exists", field)

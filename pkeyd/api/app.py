@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from pkeyd.api.keys import METRICS, RECONCILE_TASK, RECONCILER, SERVICE, SETTINGS
 from pkeyd.api.middleware import request_context
 from pkeyd.api.routes import routes
+from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.metrics import Metrics
 from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
@@ -57,7 +58,12 @@ def _database_and_reconciler(
             reconciler = Reconciler(
                 settings, partial(load_desired_state, sessions), reloader, app[METRICS]
             )
-            app[SERVICE] = PartitionService(sessions, settings, reconciler.wake)
+            app[SERVICE] = PartitionService(
+                sessions,
+                settings,
+                reconciler.wake,
+                CapacityGuard(settings.default_partition_cap),
+            )
             app[RECONCILER] = reconciler
             task = asyncio.create_task(reconciler.run(), name="pkeyd-reconcile")
             task.add_done_callback(_report_death)

@@ -8,13 +8,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pkeyd.api.keys import METRICS, RECONCILE_TASK, RECONCILER, SERVICE, SETTINGS
-from pkeyd.api.schemas import (
-    CreatePartition,
-    parse_member_list,
-    partition_json,
-    read_json_object,
-)
-from pkeyd.domain import PKey, PortGuid
+from pkeyd.api.schemas import partition_json, read_json_object
+from pkeyd.domain import KEYWORDS, PKey, PortGuid
+from pkeyd.drafts import PartitionDraft, PartitionPatch, parse_member_change
 
 routes = web.RouteTableDef()
 
@@ -31,10 +27,8 @@ async def list_partitions(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/partitions")
 async def create_partition(request: web.Request) -> web.Response:
-    spec = CreatePartition.parse(await read_json_object(request))
-    partition = await request.app[SERVICE].create_partition(
-        spec.name, spec.pkey, spec.ipoib, spec.members
-    )
+    draft = PartitionDraft.parse(await read_json_object(request))
+    partition = await request.app[SERVICE].create_partition(draft)
     return web.json_response(
         partition_json(partition),
         status=201,
@@ -48,6 +42,14 @@ async def get_partition(request: web.Request) -> web.Response:
     return web.json_response(partition_json(partition))
 
 
+@routes.patch("/api/v1/partitions/{pkey}")
+async def patch_partition(request: web.Request) -> web.Response:
+    pkey = _pkey(request)
+    patch = PartitionPatch.parse(await read_json_object(request))
+    partition = await request.app[SERVICE].patch_partition(pkey, patch)
+    return web.json_response(partition_json(partition))
+
+
 @routes.delete("/api/v1/partitions/{pkey}")
 async def delete_partition(request: web.Request) -> web.Response:
     await request.app[SERVICE].delete_partition(_pkey(request))
@@ -57,16 +59,17 @@ async def delete_partition(request: web.Request) -> web.Response:
 @routes.post("/api/v1/partitions/{pkey}/members")
 async def add_members(request: web.Request) -> web.Response:
     pkey = _pkey(request)
-    members = parse_member_list(await read_json_object(request))
-    partition = await request.app[SERVICE].add_members(pkey, members)
+    members, keywords = parse_member_change(await read_json_object(request))
+    partition = await request.app[SERVICE].add_members(pkey, members, keywords)
     return web.json_response(partition_json(partition))
 
 
 @routes.delete("/api/v1/partitions/{pkey}/members/{guid}")
 async def remove_member(request: web.Request) -> web.Response:
     pkey = _pkey(request)
-    guid = PortGuid.parse(request.match_info["guid"], "guid")
-    await request.app[SERVICE].remove_member(pkey, guid)
+    raw = request.match_info["guid"]
+    target = raw if raw in KEYWORDS else PortGuid.parse(raw, "guid")
+    await request.app[SERVICE].remove_member(pkey, target)
     return web.Response(status=204)
 
 
@@ -90,8 +93,30 @@ async def status(request: web.Request) -> web.Response:
         },
         "last_error": rec.last_error,
         "partitions_conf": str(request.app[SETTINGS].partitions_conf),
+        "held": rec.held,
+        "refused": None
+        if rec.refused is None
+        else {
+            "generation": rec.refused.generation,
+            "at": rec.refused.at.isoformat(),
+            "problems": rec.refused.problems,
+        },
+        "external_edit": None
+        if rec.external_edit is None
+        else {
+            "kind": rec.external_edit.kind,
+            "at": rec.external_edit.at.isoformat(),
+            "saved_to": str(rec.external_edit.saved_to) if rec.external_edit.saved_to else None,
+        },
     }
     return web.json_response(body)
+
+
+@routes.post("/api/v1/reconcile/resume")
+async def resume(request: web.Request) -> web.Response:
+    """After an external edit held applying: put pkeyd's version back."""
+    request.app[RECONCILER].resume()
+    return web.json_response({"held": False})
 
 
 @routes.get("/healthz")

@@ -1,63 +1,138 @@
 """Render the desired state as OpenSM's partitions.conf.
 
-Deterministic: the same desired state gives the same bytes. Every line stays
-far below the 4 KiB fgets buffer of OpenSM's parser: long member lists are
-continued by repeating the whole statement header, which OpenSM merges into
-the first definition of that PKey (repeating the flags too keeps the
-partition's SL and IPoIB group identical on every statement).
+Deterministic: the same desired state gives the same bytes. What it writes
+stays inside the part of the language whose meaning does not depend on parser
+accidents:
+- every line far below the 4 KiB fgets buffer: long member lists continue in a
+  repeat of the whole statement header (OpenSM merges statements of one PKey,
+  and repeating the flags keeps the partition's SL and groups identical);
+- numbers without leading zeros, GUIDs as `0x` + 16 hex digits, full flag and
+  keyword names, an explicit membership on every member;
+- keywords before GUIDs, so an explicit GUID always overrides a keyword
+  (OpenSM applies members in file order, last one wins per port);
+- one `mgid=` entry per statement, always followed by flags (an mgid entry
+  swallows the rest of its statement).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 
-from pkeyd.domain import DEFAULT_PKEY, DesiredState, Partition
+from pkeyd.domain import DEFAULT_NAME, DesiredState, Partition
+from pkeyd.groups import GroupSettings, McastGroup
 
 MEMBERS_PER_LINE = 48  # 48 x 29 bytes: about 1.4 KiB per line
 HEADER_PREFIX = "# partitions.conf for OpenSM, written by pkeyd"
 _GENERATION_RE = re.compile(r"^# generation: (\d+)$", re.MULTILINE)
-_MEMBER_SPEC = re.compile(
-    r"^\s*(ALL|ALL_CAS|ALL_SWITCHES|ALL_ROUTERS|SELF|0x[0-9a-fA-F]{16})"
-    r"(=(full|limited|both))?\s*$"
-)
+_SHA_RE = re.compile(r"^# sha256: ([0-9a-f]{64})$", re.MULTILINE)
 
 
-def validate_default_members(spec: str) -> str:
-    """Check the configured member list of the Default partition (0x7fff)."""
-    entries = spec.split(",")
-    if not spec.strip() or not all(_MEMBER_SPEC.match(e) for e in entries):
-        raise ValueError(
-            f"default partition members {spec!r}: write entries like "
-            "'ALL=limited, SELF=full' (keywords ALL, ALL_CAS, ALL_SWITCHES, ALL_ROUTERS, "
-            "SELF or 0x-prefixed 16-digit GUIDs, each optionally =full|limited|both)"
-        )
-    return ", ".join(e.strip() for e in entries)
+def _group_flags(settings: GroupSettings) -> list[str]:
+    flags = []
+    if settings.mtu is not None:
+        flags.append(f"mtu={settings.mtu}")
+    if settings.rate is not None:
+        flags.append(f"rate={settings.rate}")
+    if settings.sl is not None:
+        flags.append(f"sl={settings.sl}")
+    flags.extend(f"scope={s}" for s in settings.scope)
+    if settings.q_key is not None:
+        flags.append(f"Q_Key=0x{settings.q_key:x}")
+    if settings.tclass is not None:
+        flags.append(f"TClass={settings.tclass}")
+    if settings.flow_label is not None:
+        flags.append(f"FlowLabel=0x{settings.flow_label:x}")
+    return flags
 
 
-def _statement_header(partition: Partition) -> str:
-    flags = ", ipoib" if partition.ipoib else ""
-    return f"{partition.name}={partition.pkey}{flags} :"
+def statement_header(partition: Partition, *, indx0: bool) -> str:
+    flags = ["ipoib"] if partition.ipoib else []
+    # OpenSM never gives the IPoIB broadcast group a scope (partition_create
+    # starts it from zero); a partition's scope only reaches its mgid groups,
+    # so it is written there, and only there.
+    flags.extend(f for f in _group_flags(partition.settings) if not f.startswith("scope="))
+    if partition.defmember is not None:
+        flags.append(f"defmember={partition.defmember.value}")
+    if indx0:
+        flags.append("indx0")
+    name = DEFAULT_NAME if partition.is_default else partition.name
+    return ", ".join([f"{name}={partition.pkey}", *flags]) + " :"
 
 
-def _render_partition(partition: Partition) -> list[str]:
-    header = _statement_header(partition)
-    if not partition.members:
-        # OpenSM deletes member-less partitions anyway; a comment keeps the
-        # file honest about what is stored without risking a parse quirk.
-        return [f"# {header} no members yet"]
-    entries = [f"{m.guid}={m.membership.value}" for m in partition.members]
-    return [
-        f"{header} {', '.join(entries[i : i + MEMBERS_PER_LINE])} ;"
-        for i in range(0, len(entries), MEMBERS_PER_LINE)
+def _member_runs(partition: Partition) -> Iterator[tuple[bool, list[str]]]:
+    """Entries in render order, grouped in runs that share the indx0 flag."""
+    entries = [
+        (k.index0 or partition.indx0, f"{k.keyword}={k.membership.value}")
+        for k in partition.keywords
     ]
+    # GUIDs never overlap each other, so their order is free: sort by flag.
+    entries += sorted(
+        (
+            (m.index0 or partition.indx0, f"{m.guid}={m.membership.value}")
+            for m in partition.members
+        ),
+        key=lambda e: e[0],
+    )
+    run: list[str] = []
+    run_flag = False
+    for flag, entry in entries:
+        if run and (flag != run_flag or len(run) == MEMBERS_PER_LINE):
+            yield run_flag, run
+            run = []
+        run_flag = flag
+        run.append(entry)
+    if run:
+        yield run_flag, run
 
 
-def render(state: DesiredState, default_members: str) -> str:
-    """The whole file: a header naming pkeyd, the generation and a content hash."""
-    body_lines = [f"Default=0x{DEFAULT_PKEY:04x}, ipoib : {default_members} ;"]
-    for partition in sorted(state.partitions, key=lambda p: p.pkey):
-        body_lines.extend(_render_partition(partition))
+def _mgroup_entry(group: McastGroup, partition: Partition) -> str:
+    # mtu and rate always written: an mgid entry without flags would make
+    # OpenSM read whatever follows in its buffer as flags.
+    own = group.settings
+    scope = tuple(sorted(set(partition.settings.scope) | set(own.scope)))
+    flags = [
+        f"mtu={own.mtu if own.mtu is not None else partition.settings.effective_mtu}",
+        f"rate={own.rate if own.rate is not None else partition.settings.effective_rate}",
+        *(f for f in _group_flags(own) if not f.startswith(("mtu=", "rate=", "scope="))),
+        *(f"scope={s}" for s in scope),
+    ]
+    return f"mgid={group.mgid},{','.join(flags)}"
+
+
+def states_members(partition: Partition) -> bool:
+    """Whether the partition is written as statements (else OpenSM would drop it)."""
+    return partition.is_default or bool(partition.members or partition.keywords)
+
+
+def render_partition(partition: Partition) -> list[str]:
+    if not states_members(partition):
+        # OpenSM deletes member-less partitions (and their groups) anyway; a
+        # comment keeps the file honest about what is stored.
+        return [f"# {statement_header(partition, indx0=False)} no members yet"]
+    lines = [
+        f"{statement_header(partition, indx0=flag)} {', '.join(run)} ;"
+        for flag, run in _member_runs(partition)
+    ]
+    lines += [
+        f"{statement_header(partition, indx0=False)} {_mgroup_entry(g, partition)} ;"
+        for g in partition.mgroups
+    ]
+    # NONE is OpenSM's no-op member: the Default statement must exist so the
+    # file is never comment-only (which OpenSM treats as an error).
+    return lines or [f"{statement_header(partition, indx0=False)} NONE ;"]
+
+
+def render(state: DesiredState) -> str:
+    """The whole file: a header naming pkeyd, the generation and a content hash.
+
+    The Default partition comes first; the others follow by PKey.
+    """
+    ordered = sorted(state.partitions, key=lambda p: (not p.is_default, p.pkey))
+    if not ordered or not ordered[0].is_default:
+        raise ValueError("the desired state lacks the Default partition 0x7fff")
+    body_lines = [line for p in ordered for line in render_partition(p)]
     body = "\n".join(body_lines) + "\n"
     digest = hashlib.sha256(body.encode("ascii")).hexdigest()
     header = (
@@ -74,3 +149,13 @@ def rendered_generation(text: str) -> int | None:
         return None
     match = _GENERATION_RE.search(text)
     return int(match.group(1)) if match else None
+
+
+def is_intact_render(data: bytes) -> bool:
+    """Whether these bytes are a pkeyd render whose body still matches its hash."""
+    text = data.decode("ascii", errors="replace")
+    match = _SHA_RE.search(text)
+    if not text.startswith(HEADER_PREFIX) or match is None:
+        return False
+    body = text[match.end() + 1 :]
+    return hashlib.sha256(body.encode("ascii", errors="replace")).hexdigest() == match.group(1)

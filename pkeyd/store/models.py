@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -12,6 +13,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -37,6 +39,15 @@ class PartitionRow(Base):
     pkey: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
     name: Mapped[str] = mapped_column(String(31), unique=True, nullable=False)
     ipoib: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    mtu: Mapped[int | None] = mapped_column(Integer)
+    rate: Mapped[int | None] = mapped_column(Integer)
+    sl: Mapped[int | None] = mapped_column(Integer)
+    scope_mask: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    q_key: Mapped[int | None] = mapped_column(BigInteger)
+    tclass: Mapped[int | None] = mapped_column(Integer)
+    flow_label: Mapped[int | None] = mapped_column(Integer)
+    defmember: Mapped[str | None] = mapped_column(String(8))
+    indx0: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     members: Mapped[list[MemberRow]] = relationship(
@@ -44,6 +55,17 @@ class PartitionRow(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
         order_by="MemberRow.guid",
+    )
+    keywords: Mapped[list[KeywordMemberRow]] = relationship(
+        back_populates="partition",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+    mgroups: Mapped[list[McastGroupRow]] = relationship(
+        back_populates="partition",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="McastGroupRow.mgid",
     )
 
 
@@ -60,7 +82,42 @@ class MemberRow(Base):
     # in their canonical text form, which also sorts like the number.
     guid: Mapped[str] = mapped_column(String(18), primary_key=True, index=True)
     membership: Mapped[str] = mapped_column(String(8), nullable=False)
+    index0: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     partition: Mapped[PartitionRow] = relationship(back_populates="members")
+
+
+class KeywordMemberRow(Base):
+    __tablename__ = "keyword_members"
+    __table_args__ = (
+        CheckConstraint("membership IN ('full', 'limited', 'both')", name="membership"),
+    )
+
+    partition_id: Mapped[int] = mapped_column(
+        ForeignKey("partitions.id", ondelete="CASCADE"), primary_key=True
+    )
+    keyword: Mapped[str] = mapped_column(String(12), primary_key=True)
+    membership: Mapped[str] = mapped_column(String(8), nullable=False)
+    index0: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    partition: Mapped[PartitionRow] = relationship(back_populates="keywords")
+
+
+class McastGroupRow(Base):
+    __tablename__ = "mgroups"
+    # A multicast group belongs to one partition in the whole subnet.
+    __table_args__ = (UniqueConstraint("mgid", name="uq_mgroups_mgid"),)
+
+    partition_id: Mapped[int] = mapped_column(
+        ForeignKey("partitions.id", ondelete="CASCADE"), primary_key=True
+    )
+    mgid: Mapped[str] = mapped_column(String(39), primary_key=True)
+    mtu: Mapped[int | None] = mapped_column(Integer)
+    rate: Mapped[int | None] = mapped_column(Integer)
+    sl: Mapped[int | None] = mapped_column(Integer)
+    scope_mask: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    q_key: Mapped[int | None] = mapped_column(BigInteger)
+    tclass: Mapped[int | None] = mapped_column(Integer)
+    flow_label: Mapped[int | None] = mapped_column(Integer)
+    partition: Mapped[PartitionRow] = relationship(back_populates="mgroups")
 
 
 class StateRow(Base):

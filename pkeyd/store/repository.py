@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from pkeyd.domain import (
+    DEFAULT_PKEY,
+    KEYWORDS,
     DesiredState,
+    KeywordMember,
     Member,
     Membership,
     Partition,
@@ -18,18 +21,72 @@ from pkeyd.domain import (
     PKeyRange,
     PortGuid,
 )
-from pkeyd.store.models import MemberRow, PartitionRow, StateRow
+from pkeyd.groups import GroupSettings, McastGroup
+from pkeyd.store.models import (
+    KeywordMemberRow,
+    McastGroupRow,
+    MemberRow,
+    PartitionRow,
+    StateRow,
+)
+
+_LOAD = (
+    selectinload(PartitionRow.members),
+    selectinload(PartitionRow.keywords),
+    selectinload(PartitionRow.mgroups),
+)
+
+
+def _mask(scope: tuple[int, ...]) -> int:
+    return sum(1 << s for s in scope)
+
+
+def _scopes(mask: int) -> tuple[int, ...]:
+    return tuple(s for s in range(16) if mask & (1 << s))
+
+
+def _settings(row: PartitionRow | McastGroupRow) -> GroupSettings:
+    return GroupSettings(
+        mtu=row.mtu,
+        rate=row.rate,
+        sl=row.sl,
+        scope=_scopes(row.scope_mask),
+        q_key=row.q_key,
+        tclass=row.tclass,
+        flow_label=row.flow_label,
+    )
+
+
+def _apply_settings(row: PartitionRow | McastGroupRow, settings: GroupSettings) -> None:
+    row.mtu, row.rate, row.sl = settings.mtu, settings.rate, settings.sl
+    row.scope_mask = _mask(settings.scope)
+    row.q_key, row.tclass, row.flow_label = settings.q_key, settings.tclass, settings.flow_label
 
 
 def to_domain(row: PartitionRow) -> Partition:
+    keywords = sorted(row.keywords, key=lambda k: KEYWORDS.index(k.keyword))
     return Partition(
         pkey=PKey(row.pkey),
         name=row.name,
         ipoib=row.ipoib,
         members=tuple(
-            Member(PortGuid(int(m.guid, 16)), Membership(m.membership)) for m in row.members
+            Member(PortGuid(int(m.guid, 16)), Membership(m.membership), m.index0)
+            for m in row.members
         ),
+        keywords=tuple(
+            KeywordMember(k.keyword, Membership(k.membership), k.index0) for k in keywords
+        ),
+        settings=_settings(row),
+        defmember=Membership(row.defmember) if row.defmember else None,
+        indx0=row.indx0,
+        mgroups=tuple(McastGroup(g.mgid, _settings(g)) for g in row.mgroups),
     )
+
+
+def _mgroup_row(group: McastGroup) -> McastGroupRow:
+    row = McastGroupRow(mgid=group.mgid)
+    _apply_settings(row, group.settings)
+    return row
 
 
 class Repository:
@@ -54,17 +111,13 @@ class Repository:
 
     async def list_partitions(self) -> list[PartitionRow]:
         result = await self._session.scalars(
-            select(PartitionRow)
-            .options(selectinload(PartitionRow.members))
-            .order_by(PartitionRow.pkey)
+            select(PartitionRow).options(*_LOAD).order_by(PartitionRow.pkey)
         )
         return list(result)
 
     async def get_partition(self, pkey: PKey) -> PartitionRow | None:
         return await self._session.scalar(
-            select(PartitionRow)
-            .options(selectinload(PartitionRow.members))
-            .where(PartitionRow.pkey == pkey.value)
+            select(PartitionRow).options(*_LOAD).where(PartitionRow.pkey == pkey.value)
         )
 
     async def name_taken(self, name: str) -> bool:
@@ -86,59 +139,107 @@ class Repository:
             candidate += 1
         return candidate if candidate <= pkey_range.high else None
 
-    async def add_partition(
-        self, pkey: PKey, name: str, ipoib: bool, members: Iterable[Member], now: datetime
-    ) -> PartitionRow:
-        row = PartitionRow(
-            pkey=pkey.value,
-            name=name,
-            ipoib=ipoib,
-            created_at=now,
-            updated_at=now,
-            members=[MemberRow(guid=str(m.guid), membership=m.membership.value) for m in members],
-        )
+    async def add_partition(self, partition: Partition, now: datetime) -> PartitionRow:
+        row = PartitionRow(pkey=partition.pkey.value, created_at=now)
+        self.set_fields(row, partition, now)
+        row.members = [
+            MemberRow(guid=str(m.guid), membership=m.membership.value, index0=m.index0)
+            for m in partition.members
+        ]
+        row.keywords = [
+            KeywordMemberRow(keyword=k.keyword, membership=k.membership.value, index0=k.index0)
+            for k in partition.keywords
+        ]
+        row.mgroups = [_mgroup_row(g) for g in partition.mgroups]
         self._session.add(row)
         await self._session.flush()
         return row
+
+    @staticmethod
+    def set_fields(row: PartitionRow, partition: Partition, now: datetime) -> None:
+        """Everything but the member lists: name, flags, settings."""
+        row.name = partition.name
+        row.ipoib = partition.ipoib
+        _apply_settings(row, partition.settings)
+        row.defmember = partition.defmember.value if partition.defmember else None
+        row.indx0 = partition.indx0
+        row.updated_at = now
+
+    async def replace_mgroups(self, row: PartitionRow, groups: Iterable[McastGroup]) -> None:
+        row.mgroups.clear()
+        await self._session.flush()
+        row.mgroups.extend(_mgroup_row(g) for g in groups)
+        await self._session.flush()
 
     async def delete_partition(self, row: PartitionRow) -> None:
         await self._session.delete(row)
         await self._session.flush()
 
-    async def upsert_members(
-        self, row: PartitionRow, members: Iterable[Member], now: datetime
-    ) -> bool:
-        """Add new members and change the membership of existing ones.
+    async def delete_all_partitions_but_default(self) -> None:
+        await self._session.execute(delete(PartitionRow).where(PartitionRow.pkey != DEFAULT_PKEY))
+        await self._session.flush()
 
-        Returns whether anything changed, so a no-op request commits nothing.
-        """
-        existing = {m.guid: m for m in row.members}
+    async def upsert_members(
+        self,
+        row: PartitionRow,
+        members: Iterable[Member],
+        keywords: Iterable[KeywordMember],
+        now: datetime,
+    ) -> bool:
+        """Add new members and change existing ones. Returns whether anything changed."""
         changed = False
+        by_guid = {m.guid: m for m in row.members}
         for member in members:
             guid = str(member.guid)
-            current = existing.get(guid)
+            current = by_guid.get(guid)
             if current is None:
-                new = MemberRow(guid=guid, membership=member.membership.value)
+                by_guid[guid] = new = MemberRow(
+                    guid=guid, membership=member.membership.value, index0=member.index0
+                )
                 row.members.append(new)
-                existing[guid] = new
                 changed = True
-            elif current.membership != member.membership.value:
-                current.membership = member.membership.value
+            elif (current.membership, current.index0) != (member.membership.value, member.index0):
+                current.membership, current.index0 = member.membership.value, member.index0
+                changed = True
+        by_keyword = {k.keyword: k for k in row.keywords}
+        for keyword in keywords:
+            existing = by_keyword.get(keyword.keyword)
+            if existing is None:
+                by_keyword[keyword.keyword] = created = KeywordMemberRow(
+                    keyword=keyword.keyword,
+                    membership=keyword.membership.value,
+                    index0=keyword.index0,
+                )
+                row.keywords.append(created)
+                changed = True
+            elif (existing.membership, existing.index0) != (
+                keyword.membership.value,
+                keyword.index0,
+            ):
+                existing.membership = keyword.membership.value
+                existing.index0 = keyword.index0
                 changed = True
         if changed:
             row.updated_at = now
             await self._session.flush()
         return changed
 
-    async def remove_member(self, row: PartitionRow, guid: PortGuid, now: datetime) -> bool:
-        target = str(guid)
+    async def remove_member(self, row: PartitionRow, target: str, now: datetime) -> bool:
+        """Remove a GUID member (canonical text) or a keyword member."""
         for member in row.members:
             if member.guid == target:
                 row.members.remove(member)
-                row.updated_at = now
-                await self._session.flush()
-                return True
-        return False
+                break
+        else:
+            for keyword in row.keywords:
+                if keyword.keyword == target:
+                    row.keywords.remove(keyword)
+                    break
+            else:
+                return False
+        row.updated_at = now
+        await self._session.flush()
+        return True
 
     async def desired_state(self) -> DesiredState:
         """One consistent snapshot; call inside a single transaction."""
@@ -146,8 +247,31 @@ class Repository:
         rows = await self.list_partitions()
         return DesiredState(generation, tuple(to_domain(r) for r in rows))
 
-    async def member_counts(self) -> dict[str, int]:
-        result = await self._session.execute(
-            select(MemberRow.membership, func.count()).group_by(MemberRow.membership)
+    async def explicit_pkeys(self, guids: Iterable[str] | None) -> dict[str, set[int]]:
+        """PKeys of the partitions that list each GUID (every listed GUID if None)."""
+        query = select(MemberRow.guid, PartitionRow.pkey).join(PartitionRow)
+        wanted = None if guids is None else list(guids)
+        batches = (
+            [None]
+            if wanted is None
+            else [
+                wanted[i : i + 500]
+                for i in range(0, len(wanted), 500)  # bind-parameter limits
+            ]
         )
-        return {str(k): int(v) for k, v in result.all()}
+        found: dict[str, set[int]] = {}
+        for batch in batches:
+            q = query if batch is None else query.where(MemberRow.guid.in_(batch))
+            for guid, pkey in (await self._session.execute(q)).all():
+                found.setdefault(str(guid), set()).add(int(pkey))
+        return found
+
+    async def ca_keyword_pkeys(self) -> set[int]:
+        """PKeys of the partitions whose keywords cover every CA port (ALL, ALL_CAS)."""
+        result = await self._session.scalars(
+            select(PartitionRow.pkey)
+            .join(KeywordMemberRow)
+            .where(KeywordMemberRow.keyword.in_(("ALL", "ALL_CAS")))
+            .distinct()
+        )
+        return set(result)

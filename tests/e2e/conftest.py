@@ -50,6 +50,7 @@ async def daemon(fabric: SimFabric, tmp_path: Path) -> AsyncIterator[Daemon]:
         db_url=f"sqlite+aiosqlite:///{tmp_path}/pkeyd.db",
         partitions_conf=fabric.partitions_conf,
         opensm_pid_file=fabric.pid_file,
+        state_dir=tmp_path / "state",
     )
     async with running_daemon(settings) as d:
         await d.wait_applied()

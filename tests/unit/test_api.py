@@ -27,18 +27,34 @@ def _create_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+def _members(*pairs: tuple[str, str]) -> list[dict[str, Any]]:
+    return [{"guid": g, "membership": m, "index0": False} for g, m in pairs]
+
+
 async def test_create_get_list_and_render(daemon: Daemon) -> None:
     created = await daemon.json("POST", "/api/v1/partitions", 201, json=_create_body())
     assert created == {
         "pkey": "0x0a12",
         "name": "tenant-a",
         "ipoib": True,
-        "members": [{"guid": G1, "membership": "full"}, {"guid": G2, "membership": "limited"}],
+        "mtu": None,
+        "rate": None,
+        "sl": None,
+        "scope": [],
+        "q_key": None,
+        "tclass": None,
+        "flow_label": None,
+        "defmember": None,
+        "indx0": False,
+        "members": _members((G1, "full"), (G2, "limited")),
+        "keywords": [],
+        "mgroups": [],
     }
     assert await daemon.json("GET", "/api/v1/partitions/0x0a12", 200) == created
     assert await daemon.json("GET", "/api/v1/partitions/0xA12", 200) == created
     listed = await daemon.json("GET", "/api/v1/partitions", 200)
-    assert listed == {"partitions": [created]}
+    default = await daemon.json("GET", "/api/v1/partitions/0x7fff", 200)
+    assert listed == {"partitions": [created, default]}
     status = await daemon.wait_applied()
     assert status["desired_generation"] == 1
     assert status["last_reload"]["result"] == "ok"
@@ -57,17 +73,14 @@ async def test_members_add_update_and_remove(daemon: Daemon) -> None:
     await daemon.json("POST", "/api/v1/partitions", 201, json=_create_body(members=[]))
     url = "/api/v1/partitions/0x0a12/members"
     after = await daemon.json("POST", url, 200, json={"members": [{"guid": G1}]})
-    assert after["members"] == [{"guid": G1, "membership": "full"}]
+    assert after["members"] == _members((G1, "full"))
     body = {"members": [{"guid": G1, "membership": "limited"}, {"guid": G2}]}
     after = await daemon.json("POST", url, 200, json=body)
-    assert after["members"] == [
-        {"guid": G1, "membership": "limited"},
-        {"guid": G2, "membership": "full"},
-    ]
+    assert after["members"] == _members((G1, "limited"), (G2, "full"))
     await daemon.json("DELETE", f"{url}/0002c90300000011", 204)
     await daemon.json("DELETE", f"{url}/{G1}", 404)
     got = await daemon.json("GET", "/api/v1/partitions/0x0a12", 200)
-    assert got["members"] == [{"guid": G2, "membership": "full"}]
+    assert got["members"] == _members((G2, "full"))
     await daemon.wait_applied()
     assert G1 not in daemon.settings.partitions_conf.read_text()
 
@@ -98,7 +111,7 @@ async def test_pkey_allocation_takes_lowest_free_in_range(
             await d.json("POST", "/api/v1/partitions", 201, json={"name": name})
         assert [
             p["pkey"] for p in (await d.json("GET", "/api/v1/partitions", 200))["partitions"]
-        ] == ["0x0100", "0x0101", "0x0102"]
+        ] == ["0x0100", "0x0101", "0x0102", "0x7fff"]
         await d.json("DELETE", "/api/v1/partitions/0x0101", 204)
         again = await d.json("POST", "/api/v1/partitions", 201, json={"name": "d"})
         assert again["pkey"] == "0x0101"
@@ -134,10 +147,10 @@ BAD_CREATES: list[tuple[dict[str, Any], int, str | None]] = [
     (_create_body(members=[{"guid": G1, "membership": "half"}]), 422, "members[0].membership"),
     (_create_body(members=[{"guid": G1, "membership": "both"}]), 422, "members[0].membership"),
     (_create_body(members=[{"guid": G1}, {"guid": G1}]), 422, "members[1].guid"),
-    (_create_body(members=[{"guid": G1, "index0": True}]), 422, "members[0].index0"),
+    (_create_body(members=[{"guid": G1, "color": True}]), 422, "members[0].color"),
     (_create_body(members=[{"membership": "full"}]), 422, "members[0].guid"),
     (_create_body(members={"guid": G1}), 422, "members"),
-    (_create_body(mtu=4), 422, "mtu"),
+    (_create_body(color=4), 422, "color"),
     (_create_body(pkey="0x0a12"), 409, "pkey"),
     (_create_body(name="tenant-a", pkey="0x0b00"), 409, "name"),
 ]
@@ -201,7 +214,7 @@ async def test_both_accepted_when_opensm_allows_it(
     async with running_daemon(allowed, reloader) as d:
         body = _create_body(members=[{"guid": G1, "membership": "both"}])
         created = await d.json("POST", "/api/v1/partitions", 201, json=body)
-        assert created["members"] == [{"guid": G1, "membership": "both"}]
+        assert created["members"] == _members((G1, "both"))
         await d.wait_applied()
         assert f"{G1}=both" in d.settings.partitions_conf.read_text()
 
