@@ -114,6 +114,48 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
         help="where copies of externally edited partitions.conf files are kept",
     )
     parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=float(_env("RESYNC_INTERVAL", "60") or "60"),
+        help="seconds between passes that compare partitions.conf even without commits",
+    )
+    parser.add_argument(
+        "--fabric-reader",
+        choices=("smp", "off"),
+        default=_env("FABRIC_READER", "smp"),
+        help="verify PKey tables over SMPs from the local HCA port (default), or off",
+    )
+    parser.add_argument(
+        "--verify-interval",
+        type=float,
+        default=float(_env("VERIFY_INTERVAL", "30") or "30"),
+        help="seconds between verification passes (default 30)",
+    )
+    parser.add_argument(
+        "--verify-settle",
+        type=float,
+        default=float(_env("VERIFY_SETTLE", "15") or "15"),
+        help="seconds OpenSM gets after a reload before a difference counts as drift",
+    )
+    parser.add_argument(
+        "--repair-max",
+        type=int,
+        default=int(_env("REPAIR_MAX", "3") or "3"),
+        help="reloads tried per generation to repair drift (default 3)",
+    )
+    parser.add_argument(
+        "--mad-timeout",
+        type=float,
+        default=float(_env("MAD_TIMEOUT", "0.5") or "0.5"),
+        help="seconds per SMP attempt (default 0.5)",
+    )
+    parser.add_argument(
+        "--mad-retries",
+        type=int,
+        default=int(_env("MAD_RETRIES", "3") or "3"),
+        help="SMP retries after the first attempt (default 3)",
+    )
+    parser.add_argument(
         "--on-external-edit",
         choices=("restore", "hold"),
         default=_env("ON_EXTERNAL_EDIT", "restore"),
@@ -139,6 +181,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         default_partition_cap=args.partition_cap,
         state_dir=args.state_dir,
         on_external_edit=args.on_external_edit,
+        resync_interval_s=args.resync_interval,
+        fabric_reader=args.fabric_reader,
+        verify_interval_s=args.verify_interval,
+        verify_settle_s=args.verify_settle,
+        repair_max=args.repair_max,
+        mad_timeout_s=args.mad_timeout,
+        mad_retries=args.mad_retries,
     )
 
 

@@ -16,6 +16,7 @@ DEFAULT_DB_URL = "sqlite+aiosqlite:////var/lib/pkeyd/pkeyd.db"
 DEFAULT_PARTITIONS_CONF = Path("/etc/opensm/partitions.conf")
 DEFAULT_STATE_DIR = Path("/var/lib/pkeyd")
 ExternalEditPolicy = Literal["restore", "hold"]
+FabricReaderKind = Literal["smp", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,17 @@ class Settings:
     retry_min_s: float = 0.5
     retry_max_s: float = 30.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # Verification on the ports: SMP reads from the local HCA port (libibumad),
+    # or off (then nothing is ever `verified`).
+    fabric_reader: FabricReaderKind = "smp"
+    verify_interval_s: float = 30.0
+    # After a reload OpenSM needs a sweep to program the tables: drift seen
+    # within this time is not drift yet.
+    verify_settle_s: float = 15.0
+    # Reloads tried per generation to repair drift before reporting it persists.
+    repair_max: int = 3
+    mad_timeout_s: float = 0.5
+    mad_retries: int = 3
 
     def __post_init__(self) -> None:
         if (self.opensm_pid_file is None) == (self.reload_command is None):
@@ -70,6 +82,9 @@ class Settings:
             "resync_interval_s",
             "retry_min_s",
             "retry_max_s",
+            "verify_interval_s",
+            "verify_settle_s",
+            "mad_timeout_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

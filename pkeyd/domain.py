@@ -197,6 +197,8 @@ class Partition:
     defmember: Membership | None = None
     indx0: bool = False
     mgroups: tuple[McastGroup, ...] = field(default=())
+    # The generation that last changed it (bookkeeping, not part of its meaning).
+    generation: int = field(default=0, compare=False)
 
     @property
     def is_default(self) -> bool:

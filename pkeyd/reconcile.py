@@ -78,11 +78,40 @@ class Reconciler:
         self._live = LiveFile(settings.partitions_conf, settings.state_dir / "external-edits")
         self._wake = asyncio.Event()
         self._last_reload_mono = -1e9
+        self._force_reload = False
+        self._applied_listeners: list[Callable[[], None]] = []
+        # Commit times (monotonic) not yet in a pass, then per generation.
+        self._unread_commits: list[float] = []
+        self._commits_by_generation: list[tuple[int, list[float]]] = []
+        self.applied_state: DesiredState | None = None
         self.status = ReconcileStatus()
 
     def wake(self) -> None:
-        """Called after every commit; cheap and safe to call often."""
+        """Ask for a pass; cheap and safe to call often."""
         self._wake.set()
+
+    def committed(self) -> None:
+        """Called after every commit: wake, and remember when (for apply latency)."""
+        self._unread_commits.append(time.monotonic())
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """Reload OpenSM on the next pass even if the file is unchanged (drift repair)."""
+        self._force_reload = True
+        self._wake.set()
+
+    def on_applied(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every successful reload."""
+        self._applied_listeners.append(listener)
+
+    def take_commit_latencies(self, generation: int) -> list[float]:
+        """Seconds from each commit folded into `generation` (or earlier) until now."""
+        now = time.monotonic()
+        done = [t for g, times in self._commits_by_generation if g <= generation for t in times]
+        self._commits_by_generation = [
+            (g, times) for g, times in self._commits_by_generation if g > generation
+        ]
+        return [now - t for t in done]
 
     def resume(self) -> None:
         """An operator decided: put pkeyd's version back and apply again."""
@@ -136,7 +165,10 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         started = time.perf_counter()
+        commits, self._unread_commits = self._unread_commits, []
         state = await self._load_state()
+        if commits:
+            self._commits_by_generation.append((state.generation, commits))
         self.status.passes += 1
         self.status.seen_generation = state.generation
         self._update_state_gauges(state)
@@ -161,7 +193,11 @@ class Reconciler:
             self._note_external_edit(edit)
         if self.status.held:
             return
-        if live == data and self.status.applied_generation == state.generation:
+        if (
+            live == data
+            and self.status.applied_generation == state.generation
+            and not self._force_reload
+        ):
             return
         if live != data:
             try:
@@ -171,7 +207,8 @@ class Reconciler:
                 log.error("config_write_failed", path=str(self._live.path), error=str(exc))
                 raise
             self._metrics.writes.labels(result="ok").inc()
-        await self._reload(state.generation)
+        await self._reload(state)
+        self._force_reload = False
         self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     def _refuse(self, generation: int, problems: list[str]) -> None:
@@ -203,7 +240,8 @@ class Reconciler:
     def _live_bytes_for(self, edit: ExternalEdit) -> bytes | None:
         return None if edit.saved_to is None else edit.saved_to.read_bytes()
 
-    async def _reload(self, generation: int) -> None:
+    async def _reload(self, state: DesiredState) -> None:
+        generation = state.generation
         self._last_reload_mono = time.monotonic()
         now = datetime.now(UTC)
         try:
@@ -215,10 +253,13 @@ class Reconciler:
             raise
         self._record_reload(ReloadOutcome("ok", generation, now))
         self.status.applied_generation = generation
+        self.applied_state = state
         self.status.last_error = None
         self._metrics.opensm_up.set(1)
         self._metrics.applied_generation.set(generation)
         log.info("opensm_reloaded", generation=generation)
+        for listener in self._applied_listeners:
+            listener()
 
     def _record_reload(self, outcome: ReloadOutcome) -> None:
         self.status.last_reload = outcome

@@ -142,7 +142,7 @@ class PartitionService:
             )
             await self._capacity.check(repo, partition.pkey, members, keywords)
             row = await repo.add_partition(partition, _now())
-            await repo.bump_generation()
+            await repo.bump_generation(row)
             return to_domain(row)
 
     async def patch_partition(self, pkey: PKey, patch: PartitionPatch) -> Partition:
@@ -174,7 +174,7 @@ class PartitionService:
             repo.set_fields(row, changed, _now())
             if changed.mgroups != current.mgroups:
                 await repo.replace_mgroups(row, changed.mgroups)
-            await repo.bump_generation()
+            await repo.bump_generation(row)
             return to_domain(row)
 
     async def delete_partition(self, pkey: PKey) -> None:
@@ -195,7 +195,7 @@ class PartitionService:
             keywords = self._keywords(keyword_specs, default)
             await self._capacity.check(repo, pkey, members, keywords, row)
             if await repo.upsert_members(row, members, keywords, _now()):
-                await repo.bump_generation()
+                await repo.bump_generation(row)
             return to_domain(row)
 
     async def remove_member(self, pkey: PKey, target: PortGuid | str) -> None:
@@ -203,19 +203,22 @@ class PartitionService:
             row = await self._existing(repo, pkey)
             if not await repo.remove_member(row, str(target), _now()):
                 raise NotFoundError(f"{target} is not a member of {pkey}", "guid")
-            await repo.bump_generation()
+            await repo.bump_generation(row)
 
     async def replace_all(self, partitions: Sequence[Partition]) -> int:
         """Make these the whole desired state (import). Returns the new generation."""
         async with self._write() as repo:
             await repo.delete_all_partitions_but_default()
             now = _now()
+            rows = []
             for partition in partitions:
                 if partition.is_default:
-                    row = await self._existing(repo, partition.pkey)
-                    await repo.delete_partition(row)
-                await repo.add_partition(partition, now)
-            return await repo.bump_generation()
+                    await repo.delete_partition(await self._existing(repo, partition.pkey))
+                rows.append(await repo.add_partition(partition, now))
+            generation = await repo.bump_generation()
+            for row in rows:
+                row.generation = generation
+            return generation
 
     async def get_partition(self, pkey: PKey) -> Partition:
         async with self._sessions() as session, session.begin():

@@ -36,6 +36,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("indx0", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch.add_column(sa.Column("generation", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("members") as batch:
         batch.add_column(
             sa.Column("index0", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -123,7 +124,15 @@ def downgrade() -> None:
     with op.batch_alter_table("members") as batch:
         batch.drop_column("index0")
     with op.batch_alter_table("partitions") as batch:
-        for name in ("indx0", "defmember", "flow_label", "tclass", "q_key", "scope_mask"):
+        for name in (
+            "generation",
+            "indx0",
+            "defmember",
+            "flow_label",
+            "tclass",
+            "q_key",
+            "scope_mask",
+        ):
             batch.drop_column(name)
         for name in ("sl", "rate", "mtu"):
             batch.drop_column(name)

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import partial
+from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from pkeyd.api.keys import METRICS, RECONCILE_TASK, RECONCILER, SERVICE, SETTINGS
+from pkeyd.api.fabric_routes import fabric_routes
+from pkeyd.api.keys import (
+    BACKGROUND_TASKS,
+    METRICS,
+    RECONCILER,
+    SERVICE,
+    SETTINGS,
+    VERIFIER,
+)
 from pkeyd.api.middleware import request_context
 from pkeyd.api.routes import routes
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
+from pkeyd.fabric.verbs import read_local_ports
 from pkeyd.metrics import Metrics
 from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
 from pkeyd.reconcile import Reconciler
 from pkeyd.service import PartitionService, load_desired_state
 from pkeyd.store.engine import ensure_schema, make_engine, make_sessionmaker
+from pkeyd.verification import LocalReader, ReaderFactory, Verifier, open_smp_source
 
 log = structlog.get_logger("pkeyd.app")
 
@@ -37,50 +48,67 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     reloader: Reloader | None = None,
+    open_reader: ReaderFactory | None = None,
+    read_local: LocalReader = read_local_ports,
 ) -> web.Application:
+    """The daemon. Tests hand in the OpenSM side (reloader, fabric readers) only."""
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app.add_routes(routes)
-    app.cleanup_ctx.append(_database_and_reconciler(reloader or reloader_for(settings)))
+    app.add_routes(fabric_routes)
+    if open_reader is None and settings.fabric_reader == "smp":
+        open_reader = partial(open_smp_source, settings)
+    app.cleanup_ctx.append(_lifecycle(reloader or reloader_for(settings), open_reader, read_local))
     return app
 
 
-def _database_and_reconciler(
-    reloader: Reloader,
+def _lifecycle(
+    reloader: Reloader, open_reader: ReaderFactory | None, read_local: LocalReader
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         engine = make_engine(settings.db_url)
+        tasks: dict[str, asyncio.Task[None]] = {}
         try:
             await ensure_schema(engine)
             sessions = make_sessionmaker(engine)
+            metrics = app[METRICS]
+            capacity = CapacityGuard(settings.default_partition_cap)
             reconciler = Reconciler(
-                settings, partial(load_desired_state, sessions), reloader, app[METRICS]
-            )
-            app[SERVICE] = PartitionService(
-                sessions,
-                settings,
-                reconciler.wake,
-                CapacityGuard(settings.default_partition_cap),
+                settings, partial(load_desired_state, sessions), reloader, metrics
             )
             app[RECONCILER] = reconciler
-            task = asyncio.create_task(reconciler.run(), name="pkeyd-reconcile")
-            task.add_done_callback(_report_death)
-            app[RECONCILE_TASK] = task
+            app[SERVICE] = PartitionService(sessions, settings, reconciler.committed, capacity)
+            app[VERIFIER] = None
+            if open_reader is not None:
+                verifier = Verifier(
+                    settings, reconciler, metrics, open_reader, read_local, capacity
+                )
+                app[VERIFIER] = verifier
+                tasks["verify"] = _guarded(verifier.run(), "pkeyd-verify")
+            tasks["reconcile"] = _guarded(reconciler.run(), "pkeyd-reconcile")
+            app[BACKGROUND_TASKS] = tasks
             yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         finally:
+            for task in tasks.values():
+                task.cancel()
+            for task in tasks.values():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await engine.dispose()
 
     return ctx
 
 
+def _guarded(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_report_death)
+    return task
+
+
 def _report_death(task: asyncio.Task[None]) -> None:
     if task.cancelled():
         return
-    exc = task.exception()
-    # run() only returns by cancellation; anything else fails /healthz.
-    log.critical("reconciler_died", error=repr(exc))
+    # The loops only end by cancellation; anything else fails /healthz.
+    log.critical("background_task_died", task=task.get_name(), error=repr(task.exception()))

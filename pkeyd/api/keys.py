@@ -10,9 +10,11 @@ from pkeyd.config import Settings
 from pkeyd.metrics import Metrics
 from pkeyd.reconcile import Reconciler
 from pkeyd.service import PartitionService
+from pkeyd.verification import Verifier
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 SERVICE = web.AppKey("service", PartitionService)
 RECONCILER = web.AppKey("reconciler", Reconciler)
-RECONCILE_TASK = web.AppKey("reconcile_task", asyncio.Task[None])
+VERIFIER: web.AppKey[Verifier | None] = web.AppKey("verifier")
+BACKGROUND_TASKS = web.AppKey("background_tasks", dict[str, asyncio.Task[None]])

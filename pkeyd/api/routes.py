@@ -7,7 +7,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pkeyd.api.keys import METRICS, RECONCILE_TASK, RECONCILER, SERVICE, SETTINGS
+from pkeyd.api.fabric_routes import verification_status
+from pkeyd.api.keys import BACKGROUND_TASKS, METRICS, RECONCILER, SERVICE, SETTINGS, VERIFIER
 from pkeyd.api.schemas import partition_json, read_json_object
 from pkeyd.domain import KEYWORDS, PKey, PortGuid
 from pkeyd.drafts import PartitionDraft, PartitionPatch, parse_member_change
@@ -108,6 +109,7 @@ async def status(request: web.Request) -> web.Response:
             "at": rec.external_edit.at.isoformat(),
             "saved_to": str(rec.external_edit.saved_to) if rec.external_edit.saved_to else None,
         },
+        **verification_status(request.app[VERIFIER]),
     }
     return web.json_response(body)
 
@@ -121,9 +123,9 @@ async def resume(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    task = request.app[RECONCILE_TASK]
-    if task.done():
-        return web.json_response({"status": "reconciler stopped"}, status=503)
+    stopped = sorted(name for name, t in request.app[BACKGROUND_TASKS].items() if t.done())
+    if stopped:
+        return web.json_response({"status": f"stopped: {', '.join(stopped)}"}, status=503)
     return web.json_response({"status": "ok"})
 
 

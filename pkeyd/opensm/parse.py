@@ -32,15 +32,10 @@ import ipaddress
 import re
 import socket
 
+from pkeyd.opensm.fastpath import gc_paused
+from pkeyd.opensm.mgroups import BROADCAST_TEMPLATE, IPOIB_QKEY, GroupFlagState, is_ip_mgid
 from pkeyd.opensm.parsed import ParseResult
-from pkeyd.opensm.partition_builder import (
-    BROADCAST_TEMPLATE,
-    IPOIB_QKEY,
-    FatalParseError,
-    GroupFlagState,
-    PartitionBuilder,
-    StatementConf,
-)
+from pkeyd.opensm.partition_builder import FatalParseError, PartitionBuilder, StatementConf
 
 __all__ = ["FGETS_MAX", "parse"]
 
@@ -61,7 +56,19 @@ _ENTRY = r"(0[xX][0-9a-fA-F]{16}|ALL_CAS|ALL_SWITCHES|ALL_ROUTERS|ALL|SELF)"  # 
 _SUFFIX = rf"(?:={_B}(full|limited|both))?"
 _MEMBERS = re.compile(rf"(?:{_B}(?:{_ENTRY}{_B}{_SUFFIX}{_B})?(?:,|\Z))+")
 _MEMBER = re.compile(rf"{_ENTRY.lower()}{_B}{_SUFFIX}")
+# Members as pkeyd renders them: canonical TARGET=MEMBERSHIP items joined by
+# ", " (ENTRY_SEP), which PartitionBuilder.add_run keeps as text.
+_ITEM = r"(?:0x[0-9a-f]{16}|ALL_CAS|ALL_SWITCHES|ALL_ROUTERS|ALL|SELF)=(?:full|limited|both)"
+_CANONICAL = re.compile(rf"{_B}({_ITEM}(?:, {_ITEM})*){_B}")
+# A whole line of one such statement: _HEADER (name, PKey, flags captured),
+# ':', _CANONICAL, ';'. What _fast_line makes of it, in one match.
+_STATEMENT = re.compile(
+    rf"{_B}([A-Za-z_][A-Za-z0-9_.+-]*){_B}(?:={_B}({_NUM}){_B})?((?:,{_B}{_FLAG}{_B})*)"
+    rf":{_CANONICAL.pattern};{_B}"
+)
+_ZERO_GUID = "0x0000000000000000"
 _BLANKS = b" \t\n"
+_SBLANKS = " \t\n"
 
 
 class _UndefinedReadError(Exception):
@@ -85,39 +92,59 @@ class _Reader:
         self.line = 0
         self.line_end = 0  # offset of the NUL fgets put after this line
         self.stale_noted = 0
+        self._flag_cache: dict[str, StatementConf] = {}
 
     # -- osm_prtn_config_parse_file -----------------------------------------
 
     def run(self, data: bytes) -> bool:
         """Feed every fgets chunk; False once a fatal error stopped the parse."""
-        rows = data.split(b"\n")
+        # latin-1 maps each byte to one char: offsets and lengths stay in bytes.
+        rows = data.decode("latin-1").split("\n")
+        last = len(rows) - 1
+        odd = b"\r" in data or b"\0" in data  # else no line needs these two checks
         cr_noted = False
         for index, row in enumerate(rows):
-            text = row if index == len(rows) - 1 else row + b"\n"
-            if not text:
+            size = len(row) + (index < last)  # with the "\n" fgets keeps
+            if not size:
                 continue
             self.line = index + 1
-            code = row.partition(b"#")[0]
-            if not cr_noted and b"\r" in code:
-                cr_noted = True
-                self.b.warn(self.line, "carriage_return")
-            if b"\0" in code:
-                self.b.warn(self.line, "nul_byte")
-            if len(text) > FGETS_MAX:
-                self.b.warn(self.line, "line_split", f"{len(text)} bytes")
-            elif len(text) > LONG_LINE:
-                self.b.warn(self.line, "long_line", f"{len(text)} bytes")
-            for start in range(0, len(text), FGETS_MAX):
-                chunk = text[start : start + FGETS_MAX]
-                if self.fast and self._fast_line(chunk):
-                    self.fast_used = True
-                    self.line_end = len(chunk)
-                    self.written = max(self.written, len(chunk) + 1)
-                else:
-                    self._chunk(chunk)
-                if self.failed:
-                    return False
+            if odd:
+                code = row.partition("#")[0]
+                if not cr_noted and "\r" in code:
+                    cr_noted = True
+                    self.b.warn(self.line, "carriage_return")
+                if "\0" in code:
+                    self.b.warn(self.line, "nul_byte")
+            if size > FGETS_MAX:
+                self.b.warn(self.line, "line_split", f"{size} bytes")
+            elif size > LONG_LINE:
+                self.b.warn(self.line, "long_line", f"{size} bytes")
+            if size <= FGETS_MAX:
+                self._feed(row, size, newline=index < last)
+            else:
+                text = row + "\n" if index < last else row
+                for start in range(0, size, FGETS_MAX):
+                    chunk = text[start : start + FGETS_MAX]
+                    self._feed(chunk, len(chunk), newline=False)
+                    if self.failed:
+                        return False
+            if self.failed:
+                return False
         return True
+
+    def _feed(self, chunk: str, size: int, *, newline: bool) -> None:
+        """One fgets chunk: ``chunk``, and a "\n" after it when ``newline``.
+
+        The fast path does not need the "\n": it only ends the last piece
+        of the line, where blanks are trimmed anyway.
+        """
+        if self.fast and (self._statement_line(chunk) or self._fast_line(chunk)):
+            self.fast_used = True
+            self.line_end = size
+            if size >= self.written:
+                self.written = size + 1
+        else:
+            self._chunk((chunk + "\n" if newline else chunk).encode("latin-1"))
 
     def _chunk(self, chunk: bytes) -> None:
         buf, n = self.buf, len(chunk)
@@ -166,7 +193,7 @@ class _Reader:
         assert match is not None  # the pattern matches the empty string
         return match.end()
 
-    def _fast_line(self, chunk: bytes) -> bool:
+    def _fast_line(self, chunk: str) -> bool:
         """Handle a line of plain statements without the buffer walk; False if not plain.
 
         A plain line splits at ';' into complete statements (or the members
@@ -175,16 +202,17 @@ class _Reader:
         statement right after its ';', so splitting yields the same tokens
         and the same builder calls follow. The NUL bytes the walk would write
         are skipped: only a stale read could see them, and one restarts the
-        whole parse without this shortcut.
+        whole parse without this shortcut. Members written the way pkeyd
+        renders them (_CANONICAL) are kept as text (PartitionBuilder.add_run).
         """
-        if b"\0" in chunk or b"\r" in chunk:
+        if "\0" in chunk or "\r" in chunk:
             return False
-        text = chunk.decode("latin-1").partition("#")[0]
-        pieces = text.split(";")
-        plan: list[tuple[str | None, str, bool]] = []
+        pieces = chunk.partition("#")[0].split(";")
+        plan: list[tuple[str | None, str, bool, bool]] = []
+        allow_both = self.b.allow_both
         for index, piece in enumerate(pieces):
             closed = index < len(pieces) - 1
-            if not piece.strip(" \t\n"):
+            if not piece.strip(_SBLANKS):
                 if closed:  # ';' first on a line or ';;': the C walk overruns
                     return False
                 continue
@@ -193,18 +221,29 @@ class _Reader:
                 header, colon, members = piece.partition(":")
                 if not colon or _HEADER.fullmatch(header) is None:
                     return False
+            canonical = _CANONICAL.fullmatch(members)
+            if (
+                canonical is not None
+                and _ZERO_GUID not in members
+                and (allow_both or "=both" not in members)
+            ):
+                plan.append((header, canonical.group(1), closed, True))
+                continue
             lowered = members.lower()  # a GUID is then canonical: "0x" + lowercase
             if _MEMBERS.fullmatch(members) is None or "x0000000000000000" in lowered:
                 return False
-            plan.append((header, lowered, closed))
+            plan.append((header, lowered, closed, False))
         try:
-            for header, members, closed in plan:
+            for header, members, closed, as_run in plan:
                 if header is not None:
-                    self.conf = self._fast_header(header.encode("latin-1"))
+                    self.conf = self._fast_header(header)
                 assert self.conf is not None
                 self.parsed_any = True
-                entries = _MEMBER.findall(members)
-                self.b.add_simple_ports(self.conf, entries, self.line, "both" in members)
+                if as_run:
+                    self.b.add_run(self.conf, members, self.line)
+                else:
+                    entries = _MEMBER.findall(members)
+                    self.b.add_simple_ports(self.conf, entries, self.line, "both" in members)
                 if closed:
                     self.conf = None
         except FatalParseError as exc:
@@ -212,15 +251,50 @@ class _Reader:
             self.failed = True
         return True
 
-    def _fast_header(self, header: bytes) -> StatementConf:
+    def _statement_line(self, chunk: str) -> bool:
+        """_fast_line for the line pkeyd renders (_STATEMENT), in fewer steps."""
+        match = _STATEMENT.fullmatch(chunk) if self.conf is None else None
+        if match is None:
+            return False
+        name, pkey, flags, items = match.groups()
+        if _ZERO_GUID in items or ("=both" in items and not self.b.allow_both):
+            return False
+        conf = self._fast_conf(flags[1:]) if flags else StatementConf()
+        raw_name = name.encode("latin-1")
+        try:
+            if pkey is not None and pkey[:2] in ("0x", "0X") and 0 < int(pkey, 16) < 0x8000:
+                self.b.place(conf, raw_name, int(pkey, 16), self.line)  # create() would
+            else:
+                self.b.create(conf, raw_name, None if pkey is None else pkey.encode(), self.line)
+        except FatalParseError as exc:
+            self.b.fatal(self.line, exc)
+            self.failed = True
+            return True
+        self.parsed_any = True
+        self.b.add_run(conf, items, self.line)
+        return True
+
+    def _fast_header(self, header: str) -> StatementConf:
+        first, comma, flags = header.partition(",")
+        conf = self._fast_conf(flags) if comma else StatementConf()
+        name, eq, pkey = first.partition("=")
+        raw_pkey = pkey.strip(_SBLANKS).encode("latin-1") if eq else None
+        self.b.create(conf, name.strip(_SBLANKS).encode("latin-1"), raw_pkey, self.line)
+        return conf
+
+    def _fast_conf(self, flags: str) -> StatementConf:
+        """A statement with these header flags; what they do without a warning is cached."""
+        known = self._flag_cache.get(flags)
+        if known is not None:
+            return known.copy()
         conf = StatementConf()
-        first, *flags = header.split(b",")
-        name, eq, pkey = first.partition(b"=")
-        for flag in flags:
+        diagnostics = len(self.b.diagnostics)
+        for flag in flags.encode("latin-1").split(b","):
             key, has_value, value = flag.partition(b"=")
             val = value.strip(_BLANKS) if has_value else None
             self.b.add_flag(conf, key.strip(_BLANKS), val, self.line)
-        self.b.create(conf, name.strip(_BLANKS), pkey.strip(_BLANKS) if eq else None, self.line)
+        if len(self.b.diagnostics) == diagnostics:  # the same on every line: keep it
+            self._flag_cache[flags] = conf.copy()
         return conf
 
     # -- parse_part_conf ----------------------------------------------------
@@ -354,7 +428,7 @@ class _Reader:
         """The IP-group checks and PKey fix-up of mgroup_create, then creation."""
         part = conf.prtn
         assert part is not None
-        if bytes(raw[2:4]) in (b"\x40\x1b", b"\x60\x1b"):  # mgid_is_ip
+        if is_ip_mgid(raw):
             pkey = part.pkey | 0x8000
             mpkey = int.from_bytes(raw[4:6], "big")
             problem = None
@@ -397,7 +471,8 @@ def parse(text: bytes | str, *, allow_both_pkeys: bool = False, qos: bool = Fals
     then falls back to its no-config default.
     """
     data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
-    try:
-        return _run(data, allow_both_pkeys, qos, fast=True)
-    except _RestartError:
-        return _run(data, allow_both_pkeys, qos, fast=False)
+    with gc_paused():
+        try:
+            return _run(data, allow_both_pkeys, qos, fast=True)
+        except _RestartError:
+            return _run(data, allow_both_pkeys, qos, fast=False)

@@ -8,8 +8,9 @@ so a caller never has to re-derive OpenSM's reading of the file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Iterable
+from dataclasses import FrozenInstanceError, dataclass, field
+from typing import Literal, cast
 
 Severity = Literal["fatal", "warning"]
 Membership = Literal["full", "limited", "both"]
@@ -145,7 +146,38 @@ class McastGroup:
     line: int
 
 
-@dataclass(frozen=True, slots=True)
+# Consecutive entries of one statement written canonically, kept as text:
+# (items, count, indx0, line, first seq). ``items`` is ``TARGET=MEMBERSHIP``
+# entries joined by ENTRY_SEP, each target as MemberEntry.target spells it and
+# each membership the one OpenSM applies, so the text means exactly the
+# MemberEntry objects it stands for. The parser stores rendered files this
+# way; the objects are only made when a caller reads ParsedPartition.entries.
+MemberRun = tuple[str, int, bool, int, int]
+ENTRY_SEP = ", "
+# (indx0, number of consecutive entries with that flag), adjacent runs merged.
+Indx0Runs = tuple[tuple[bool, int], ...]
+
+
+def run_entries(runs: Iterable[MemberRun]) -> list[MemberEntry]:
+    """The MemberEntry objects that member runs stand for, in order."""
+    out: list[MemberEntry] = []
+    for items, _, indx0, line, first in runs:
+        for seq, item in enumerate(items.split(ENTRY_SEP), first):
+            target, _, membership = item.partition("=")
+            out.append(MemberEntry(target, cast(Membership, membership), indx0, line, seq))
+    return out
+
+
+def _merge(flags: Iterable[tuple[bool, int]]) -> Indx0Runs:
+    merged: list[tuple[bool, int]] = []
+    for flag, count in flags:
+        if merged and merged[-1][0] == flag:
+            merged[-1] = (flag, merged[-1][1] + count)
+        elif count:
+            merged.append((flag, count))
+    return tuple(merged)
+
+
 class ParsedPartition:
     """All statements of one PKey, merged the way OpenSM merges them.
 
@@ -153,16 +185,122 @@ class ParsedPartition:
     the PKey when unnamed); ``sl`` is the last statement's (OpenSM overwrites
     it per statement); ``broadcast`` is the IPoIB broadcast group of the first
     statement with ``ipoib`` (later ones find it already created).
+
+    Immutable, compared and hashed on its fields like a frozen dataclass.
+    ``entries`` may be given as member ``runs`` instead (see MemberRun): the
+    MemberEntry objects are then made on first access, so a caller that only
+    needs ``member_key`` (the self-check of a large render) never pays for
+    one object per member.
     """
 
+    __slots__ = (
+        "_entries",
+        "_runs",
+        "broadcast",
+        "ipoib",
+        "lines",
+        "mgroups",
+        "name",
+        "pkey",
+        "sl",
+    )
     pkey: int
     name: str
     ipoib: bool
     broadcast: GroupFlags | None
     sl: int
-    entries: tuple[MemberEntry, ...]
     mgroups: tuple[McastGroup, ...]
     lines: tuple[int, ...]
+    _entries: tuple[MemberEntry, ...] | None
+    _runs: tuple[MemberRun, ...]
+
+    def __init__(
+        self,
+        pkey: int,
+        name: str,
+        ipoib: bool,
+        broadcast: GroupFlags | None,
+        sl: int,
+        entries: tuple[MemberEntry, ...],
+        mgroups: tuple[McastGroup, ...],
+        lines: tuple[int, ...],
+        *,
+        runs: tuple[MemberRun, ...] = (),
+    ) -> None:
+        if entries and runs:
+            raise ValueError("give the entries either as objects or as runs")
+        init = object.__setattr__
+        init(self, "pkey", pkey)
+        init(self, "name", name)
+        init(self, "ipoib", ipoib)
+        init(self, "broadcast", broadcast)
+        init(self, "sl", sl)
+        init(self, "_entries", None if runs else entries)
+        init(self, "_runs", runs)
+        init(self, "mgroups", mgroups)
+        init(self, "lines", lines)
+
+    @property
+    def entries(self) -> tuple[MemberEntry, ...]:
+        """Every member entry, in file order."""
+        entries = self._entries
+        if entries is None:
+            entries = tuple(run_entries(self._runs))
+            object.__setattr__(self, "_entries", entries)
+        return entries
+
+    def member_key(self) -> tuple[str, Indx0Runs]:
+        """The entries as (items, indx0 runs), cheap to compare.
+
+        ``items`` is ``TARGET=MEMBERSHIP`` of every entry in file order joined
+        by ENTRY_SEP, and the indx0 runs give each entry's flag in that order:
+        two keys are equal exactly when the (target, membership, indx0)
+        sequences are.
+        """
+        if self._entries is None:
+            runs = self._runs
+            if len(runs) == 1:
+                return runs[0][0], ((runs[0][2], runs[0][1]),)
+            items = ENTRY_SEP.join([r[0] for r in runs])
+            return items, _merge((r[2], r[1]) for r in runs)
+        entries = self._entries
+        items = ENTRY_SEP.join([f"{e.target}={e.membership}" for e in entries])
+        return items, _merge((e.indx0, 1) for e in entries)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.pkey,
+            self.name,
+            self.ipoib,
+            self.broadcast,
+            self.sl,
+            self.entries,
+            self.mgroups,
+            self.lines,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, ParsedPartition)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        names = ("pkey", "name", "ipoib", "broadcast", "sl", "entries", "mgroups", "lines")
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"ParsedPartition({shown})"
+
+    def __reduce__(self) -> tuple[type[ParsedPartition], tuple[object, ...]]:
+        return self.__class__, self._fields()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

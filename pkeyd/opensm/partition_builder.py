@@ -12,30 +12,32 @@ Where OpenSM accepts what it probably should not, a warning is recorded.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from dataclasses import dataclass, field
-
+from pkeyd.opensm.cnum import C_SPACE, HEX_DIGITS, U32, prefixes, strtoul
+from pkeyd.opensm.mgroups import (
+    MTU_RANGE,
+    RATE_RANGE,
+    GroupFlagState,
+    GroupTable,
+)
 from pkeyd.opensm.parsed import (
     DEFAULT_PARTITION_NAME,
     DEFAULT_PKEY,
+    ENTRY_SEP,
     FATAL_CODES,
     WARNING_CODES,
     Diagnostic,
     GroupFlags,
     McastGroup,
     MemberEntry,
+    MemberRun,
     Membership,
     ParsedPartition,
+    run_entries,
 )
 
+__all__ = ["FatalParseError", "PartitionBuilder", "StatementConf", "strtoul"]
+
 NAME_MAX = 31  # osm_prtn_t.name is char[32]
-IPOIB_QKEY = 0x0B1B  # OSM_IPOIB_BROADCAST_MGRP_QKEY
-DEFAULT_SCOPE = 2  # OSM_DEFAULT_MGRP_SCOPE, link-local
-MTU_RANGE = range(1, 6)  # IB_MIN_MTU..IB_MAX_MTU
-RATE_RANGE = range(2, 25)  # IB_MIN_RATE..IB_MAX_RATE
-# osm_ipoib_broadcast_mgid: ff12:401b:ffff::ffff:ffff, PKey bytes still 0xffff.
-BROADCAST_TEMPLATE = bytes.fromhex("ff12401bffff000000000000ffffffff")
 # Checked in this order, so "s" is scope and "" is mtu (parse_group_flag).
 _GROUP_FLAGS = (b"mtu", b"rate", b"scope", b"Q_Key", b"TClass", b"sl", b"FlowLabel")
 _FLAG_FIELD = {
@@ -49,10 +51,6 @@ _FLAG_FIELD = {
 _KEYWORDS = (b"ALL", b"ALL_CAS", b"ALL_SWITCHES", b"ALL_ROUTERS", b"SELF")
 _KEYWORD_TARGET = {k.decode().lower(): k.decode() for k in _KEYWORDS}
 _CASE_TRAPS = {k.lower() for k in (*_KEYWORDS, b"NONE")}
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-_C_SPACE = b" \t\n\v\f\r"  # isspace() in the C locale
-U32 = 0xFFFF_FFFF
-ULONG_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _name(raw: bytes) -> str:
@@ -63,23 +61,10 @@ def _show(raw: bytes) -> str:
     return repr(_name(raw))
 
 
-def _prefixes(*words: bytes) -> dict[bytes, bytes]:
-    """Every prefix of ``words`` -> the first word it is a prefix of.
-
-    A lookup here is OpenSM's chain of ``!strncmp(token, word, strlen(token))``
-    tests: the first word the token is a prefix of wins.
-    """
-    table: dict[bytes, bytes] = {}
-    for word in words:
-        for n in range(len(word) + 1):
-            table.setdefault(word[:n], word)
-    return table
-
-
-_GROUP_FLAG_OF = _prefixes(*_GROUP_FLAGS)
-_KEYWORD_OF = _prefixes(*_KEYWORDS)
-_MEMBERSHIP_OF = _prefixes(b"full", b"both", b"limited")  # partition_add_port's order
-_DEFMEMBER_OF = _prefixes(b"limited", b"both", b"full")  # defmember's validity test
+_GROUP_FLAG_OF = prefixes(*_GROUP_FLAGS)
+_KEYWORD_OF = prefixes(*_KEYWORDS)
+_MEMBERSHIP_OF = prefixes(b"full", b"both", b"limited")  # partition_add_port's order
+_DEFMEMBER_OF = prefixes(b"limited", b"both", b"full")  # defmember's validity test
 
 
 class FatalParseError(Exception):
@@ -91,31 +76,45 @@ class FatalParseError(Exception):
         super().__init__(self.message)
 
 
-class GroupFlagState:
-    """Mutable ``struct group_flags``; frozen into GroupFlags when recorded."""
-
-    __slots__ = ("flow_label", "mtu", "q_key", "rate", "scope_mask", "sl", "tclass")
-
-    def __init__(self) -> None:
-        self.mtu, self.rate, self.sl, self.scope_mask = 4, 3, 0, 0
-        self.q_key, self.tclass, self.flow_label = 0, 0, 0
-
-    def freeze(self) -> GroupFlags:
-        s = self
-        return GroupFlags(s.mtu, s.rate, s.sl, s.scope_mask, s.q_key, s.tclass, s.flow_label)
-
-
-@dataclass(slots=True)
 class PartitionState:
-    pkey: int
-    name: bytes
-    in_file: bool = False
-    ipoib: bool = False
-    broadcast: GroupFlags | None = None
-    sl: int = 0
-    entries: list[MemberEntry] = field(default_factory=list)
-    mgroups: list[McastGroup] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
+    """One partition of OpenSM's table while the file is parsed.
+
+    Its members are either ``runs`` (canonically written lines, see
+    MemberRun) or ``entries``, never both: the first entry that is not part
+    of a run turns the runs into entries, so file order is kept.
+    """
+
+    __slots__ = (
+        "broadcast",
+        "entries",
+        "in_file",
+        "ipoib",
+        "lines",
+        "mgroups",
+        "name",
+        "pkey",
+        "runs",
+        "sl",
+    )
+
+    def __init__(self, pkey: int, name: bytes) -> None:
+        self.pkey = pkey
+        self.name = name
+        self.in_file = False
+        self.ipoib = False
+        self.broadcast: GroupFlags | None = None
+        self.sl = 0
+        self.entries: list[MemberEntry] = []
+        self.runs: list[MemberRun] = []
+        self.mgroups: list[McastGroup] = []
+        self.lines: list[int] = []
+
+    def member_list(self) -> list[MemberEntry]:
+        """``entries``, once the runs so far are turned into entries."""
+        if self.runs:
+            self.entries = run_entries(self.runs)
+            self.runs = []
+        return self.entries
 
 
 class StatementConf:
@@ -123,12 +122,18 @@ class StatementConf:
 
     __slots__ = ("flags", "indx0", "is_ipoib", "membership", "prtn")
 
-    def __init__(self) -> None:
+    def __init__(self, flags: GroupFlagState | None = None) -> None:
         self.prtn: PartitionState | None = None
         self.is_ipoib = False
-        self.flags = GroupFlagState()
+        self.flags = GroupFlagState() if flags is None else flags
         self.membership: Membership = "limited"
         self.indx0 = False
+
+    def copy(self) -> StatementConf:
+        """A statement with this one's flags, before its partition is created."""
+        other = StatementConf(self.flags.copy())
+        other.is_ipoib, other.membership, other.indx0 = self.is_ipoib, self.membership, self.indx0
+        return other
 
 
 class PartitionBuilder:
@@ -147,8 +152,7 @@ class PartitionBuilder:
         self._table: dict[int, PartitionState] = {DEFAULT_PKEY: default}
         self._by_name: dict[bytes, list[int]] = {default.name: [DEFAULT_PKEY]}
         self._order: list[PartitionState] = []
-        self._mgids: set[bytes] = set()
-        self._interned: dict[tuple[int, ...], GroupFlags] = {}  # equal flags, one object
+        self.groups = GroupTable(self.warn)
         self._pkey_counter = 0  # global_pkey_counter, reset for every load
         self._seq = 0
 
@@ -166,7 +170,7 @@ class PartitionBuilder:
     def _number(self, line: int, what: str, raw: bytes, end: int, base: int) -> None:
         if base == 16 and raw[:1] == b"0":
             return  # plain hex reads as it looks
-        text = raw[:end].lstrip(_C_SPACE)
+        text = raw[:end].lstrip(C_SPACE)
         digits = text.lstrip(b"+-")
         if base == 8 and len(digits) > 1 and int(digits, 8) != int(digits, 10):
             self.warn(line, "octal_number", f"{what} {_show(raw)} is {int(digits, 8)}")
@@ -192,7 +196,7 @@ class PartitionBuilder:
         if word in (b"sl", b"FlowLabel"):
             # These two reject trailing junk (blanks allowed) and keep the old value.
             limit = 15 if word == b"sl" else 0xFFFFF
-            if not val or v & U32 > limit or (end < len(val) and val[end] not in _C_SPACE):
+            if not val or v & U32 > limit or (end < len(val) and val[end] not in C_SPACE):
                 self.warn(line, "invalid_flag_value", f"{label} (0..{limit}) is ignored")
                 return True
         elif end == 0:  # verify_val: stores whatever strtoul gave, 0 here
@@ -267,7 +271,11 @@ class PartitionBuilder:
                 self.warn(line, "pkey_truncated", f"{_name(pkey_text)} is {pkey:#06x}")
             if pkey & 0x8000:
                 self.warn(line, "pkey_full_bit", f"{pkey:#06x} is {pkey & 0x7FFF:#06x}")
-        part = self._make_new(given, pkey, line)
+        self.place(conf, given, pkey, line)
+
+    def place(self, conf: StatementConf, name: bytes | None, pkey: int, line: int) -> None:
+        """The rest of partition_create, once the PKey is read (``name`` None: unnamed)."""
+        part = self._make_new(name, pkey, line)
         if not self.qos and conf.flags.sl != 0:
             self.warn(line, "sl_without_qos", f"sl={conf.flags.sl}")
             conf.flags.sl = 0
@@ -324,45 +332,11 @@ class PartitionBuilder:
 
     def _broadcast(self, conf: StatementConf, part: PartitionState, line: int) -> None:
         part.ipoib = True
-        f = conf.flags
-        if f.scope_mask:
+        if conf.flags.scope_mask:
             self.warn(line, "scope_ignored_for_broadcast")
-        head, tail = BROADCAST_TEMPLATE[:4], BROADCAST_TEMPLATE[6:]
-        mgid = b"%b%c%c%b" % (head, part.pkey >> 8 | 0x80, part.pkey & 0xFF, tail)
-        # It copies every flag but scope; a Q_Key of 0 means the IPoIB one.
-        key = (f.mtu, f.rate, f.sl, 0, f.q_key or IPOIB_QKEY, f.tclass, f.flow_label)
-        if self._create_group(mgid, key[0], key[1], line) == "created":
-            flags = self._interned.get(key)
-            if flags is None:
-                flags = self._interned[key] = GroupFlags(*key)
+        flags = self.groups.broadcast(part.pkey, conf.flags, line)
+        if flags is not None:
             part.broadcast = flags
-
-    def _create_group(self, mgid: bytes, mtu: int, rate: int, line: int) -> str:
-        """One group of osm_prtn_add_mcgroup: "created", "exists" or "failed".
-
-        osm_mcmr_rcv_find_or_create_new_mgrp returns an existing group as it
-        is; a new one must have a realizable MTU and rate, and (by default,
-        ipoib_mcgroup_creation_validation) an IPoIB group other than a
-        broadcast group needs the broadcast group of its scope and PKey.
-        """
-        if mgid in self._mgids:
-            return "exists"
-        if mtu & 0x3F not in MTU_RANGE or rate & 0x3F not in RATE_RANGE:
-            shown = ipaddress.IPv6Address(mgid)
-            self.warn(line, "mgroup_not_created", f"{shown}: mtu={mtu}, rate={rate}")
-            return "failed"
-        if mgid[2:4] in (b"\x40\x1b", b"\x60\x1b"):
-            broadcast = b"\xff%c\x40\x1b%b%b" % (
-                0x10 | mgid[1] & 0xF,
-                mgid[4:6],
-                BROADCAST_TEMPLATE[6:],
-            )
-            if mgid != broadcast and broadcast not in self._mgids:
-                shown, missing = ipaddress.IPv6Address(mgid), ipaddress.IPv6Address(broadcast)
-                self.warn(line, "mgroup_not_created", f"{shown}: no broadcast group {missing}")
-                return "failed"
-        self._mgids.add(mgid)
-        return "created"
 
     # -- partition_add_port -----------------------------------------------
 
@@ -380,7 +354,7 @@ class PartitionBuilder:
         part = conf.prtn
         assert part is not None  # members only follow a created partition
         self._seq += 1
-        part.entries.append(MemberEntry(target, membership, conf.indx0, line, self._seq))
+        part.member_list().append(MemberEntry(target, membership, conf.indx0, line, self._seq))
 
     def add_simple_ports(
         self, conf: StatementConf, entries: list[tuple[str, str]], line: int, both: bool
@@ -397,7 +371,7 @@ class PartitionBuilder:
             for _ in range(sum(1 for _, suffix in entries if suffix == "both")):
                 self.warn(line, "both_not_allowed")
         indx0, first = conf.indx0, self._seq + 1
-        part.entries += [
+        part.member_list().extend(
             MemberEntry(
                 target if target[0] == "0" else _KEYWORD_TARGET[target],
                 of[suffix],
@@ -406,11 +380,30 @@ class PartitionBuilder:
                 seq,
             )
             for seq, (target, suffix) in enumerate(entries, first)
-        ]
+        )
         self._seq += len(entries)
 
+    def add_run(self, conf: StatementConf, items: str, line: int) -> None:
+        """add_port for canonically written entries, kept as one MemberRun.
+
+        ``items`` must be ``TARGET=MEMBERSHIP`` entries joined by ENTRY_SEP,
+        each target ``0x`` + 16 lowercase hex digits (not 0) or an exact
+        keyword, each membership exact and, without allow_both_pkeys, not
+        "both": then every entry means what it says and add_port would
+        record exactly these targets and memberships without a warning.
+        """
+        part = conf.prtn
+        assert part is not None
+        count = items.count(ENTRY_SEP) + 1
+        run = (items, count, conf.indx0, line, self._seq + 1)
+        self._seq += count
+        if part.entries:
+            part.entries += run_entries((run,))
+        else:
+            part.runs.append(run)
+
     def _target(self, name: bytes, line: int) -> str | None:
-        if len(name) == 18 and name[0] == 0x30 and name[1] in b"xX" and _HEX.issuperset(name[2:]):
+        if len(name) == 18 and name[:2] in (b"0x", b"0X") and HEX_DIGITS.issuperset(name[2:]):
             guid = int(name[2:], 16)  # the usual 0x + 16 digits, without strtoull
             return f"0x{guid:016x}" if guid else None
         if name[0] in b"AS":
@@ -426,45 +419,37 @@ class PartitionBuilder:
             self.warn(line, "octal_guid", f"{_show(name)} is {target}")
         elif base == 10:
             self.warn(line, "decimal_guid", f"{_show(name)} is {target}")
-        elif name[:1] in _C_SPACE + b"+-":
+        elif name[:1] in C_SPACE + b"+-":
             self.warn(line, "suspicious_value", f"GUID {_show(name)} is {target}")
         return target
 
     # -- multicast groups (the subnet's side of mgroup_create) ------------
 
     def add_mgroup(self, part: PartitionState, mgid: bytes, f: GroupFlagState, line: int) -> None:
-        """The creation step of mgroup_create (__create_mgrp): one group per scope bit."""
-        canonical = str(ipaddress.IPv6Address(mgid))
-        if mgid in self._mgids:  # osm_get_mgrp_by_mgid on the MGID as written
-            self.warn(line, "duplicate_mgid", canonical)
-            return
-        created, outcomes = 0, set()
-        # Scope 0 means link-local; either way the MGID's scope nibble is rewritten.
-        for scope in [s for s in range(16) if f.scope_mask >> s & 1] or [DEFAULT_SCOPE]:
-            scoped = mgid[:1] + bytes([(mgid[1] & 0xF0) | scope]) + mgid[2:]
-            outcome = self._create_group(scoped, f.mtu, f.rate, line)
-            outcomes.add(outcome)
-            if outcome == "created":
-                created |= 1 << scope
-        if not created:
-            if "exists" in outcomes:  # reused as it is, this entry's flags unused
-                self.warn(line, "duplicate_mgid", canonical)
-            return
-        if f.scope_mask:
-            f.scope_mask = created  # the scopes OpenSM could create
-        part.mgroups.append(McastGroup(canonical, f.freeze(), line))
+        """The creation step of mgroup_create: the group, if OpenSM creates it."""
+        group = self.groups.add(mgid, f, line)
+        if group is not None:
+            part.mgroups.append(group)
 
     def finish(self, *, complete: bool) -> tuple[ParsedPartition, ...]:
         """Freeze the partitions; ``complete`` adds the end-of-file warnings."""
         out = []
         for part in self._order:
-            if complete and not part.entries and part.pkey != DEFAULT_PKEY:
+            if complete and not part.entries and not part.runs and part.pkey != DEFAULT_PKEY:
                 self.warn(part.lines[0], "empty_partition", f"{part.pkey:#06x}")
             entries, groups, lines = tuple(part.entries), tuple(part.mgroups), tuple(part.lines)
             name = _name(part.name)
             out.append(
                 ParsedPartition(
-                    part.pkey, name, part.ipoib, part.broadcast, part.sl, entries, groups, lines
+                    part.pkey,
+                    name,
+                    part.ipoib,
+                    part.broadcast,
+                    part.sl,
+                    entries,
+                    groups,
+                    lines,
+                    runs=tuple(part.runs),
                 )
             )
         return tuple(out)
@@ -477,46 +462,8 @@ def _bad_guid(name: bytes, flag: bytes | None) -> str:
         hint = "a statement header, missing ';' before it?"
     elif strtoul(name)[:2] == (0, len(name)):
         hint = "GUID 0"
-    elif _HEX.issuperset(name):
+    elif HEX_DIGITS.issuperset(name):
         hint = "hexadecimal needs 0x"
     else:
         return _show(name)
     return f"{_show(name)} ({hint})"
-
-
-# -- C library numbers --------------------------------------------------------
-
-_PLAIN_HEX = re.compile(rb"0[xX][0-9a-fA-F]+")
-_BASE_DIGITS = {8: frozenset(b"01234567"), 10: frozenset(b"0123456789"), 16: _HEX}
-
-
-def strtoul(s: bytes) -> tuple[int, int, int]:
-    """glibc strtoul(s, &end, 0) on LP64: (value, end offset, base used).
-
-    ``end`` is 0 when nothing was converted. Leading C blanks and a sign are
-    accepted, a negative value wraps modulo 2**64, overflow gives ULONG_MAX,
-    and "0x" without a hex digit converts the "0" only.
-    """
-    if _PLAIN_HEX.fullmatch(s):
-        return min(int(s[2:], 16), ULONG_MAX), len(s), 16
-    n, i = len(s), 0
-    while i < n and s[i] in _C_SPACE:
-        i += 1
-    negative = i < n and s[i] == 0x2D
-    if i < n and s[i] in b"+-":
-        i += 1
-    if i + 2 < n and s[i] == 0x30 and s[i + 1] in b"xX" and s[i + 2] in _HEX:
-        base, i = 16, i + 2
-    else:
-        base = 8 if i < n and s[i] == 0x30 else 10
-    start, digits = i, _BASE_DIGITS[base]
-    while i < n and s[i] in digits:
-        i += 1
-    if i == start:
-        return 0, 0, base
-    value = int(s[start:i], base)
-    if value > ULONG_MAX:
-        value = ULONG_MAX
-    elif negative:
-        value = -value & ULONG_MAX
-    return value, i, base

@@ -11,11 +11,13 @@ something that was not asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
-from pkeyd.domain import DEFAULT_NAME, DesiredState, Partition
+from pkeyd.domain import DEFAULT_NAME, DEFAULT_PKEY, DesiredState, Partition
 from pkeyd.groups import DEFAULT_MTU, DEFAULT_RATE, GroupSettings, McastGroup
+from pkeyd.opensm.fastpath import gc_paused
 from pkeyd.opensm.parse import parse
-from pkeyd.opensm.parsed import GroupFlags, ParsedPartition
+from pkeyd.opensm.parsed import ENTRY_SEP, GroupFlags, Indx0Runs, ParsedPartition
 from pkeyd.opensm.render import states_members
 
 # OpenSM gives an IPoIB group this Q_Key when none is set.
@@ -113,18 +115,108 @@ def _rendered(state: DesiredState) -> list[Partition]:
     return [p for p in state.partitions if states_members(p)]
 
 
+# What a partition reads back as, in one value that compares in C: name,
+# ipoib, sl, broadcast flags, multicast groups (None without any), member
+# items and indx0 runs (ParsedPartition.member_key). Equal keys mean the
+# detailed comparison finds nothing; a None anywhere means "compare in detail".
+_Key = tuple[object, ...]
+_GUID_AND_MEMBERSHIP = attrgetter("guid.value", "membership")
+_INDEX0 = attrgetter("index0")
+_GUID_ITEM = "0x%016x=%s".__mod__  # str(PortGuid)=membership, StrEnum prints its value
+
+
+def _flags_key(f: GroupFlags | None) -> tuple[int, ...] | None:
+    if f is None:
+        return None
+    return (f.mtu, f.rate, f.sl, f.scope_mask, f.q_key, f.tclass, f.flow_label)
+
+
+def _parsed_key(partition: ParsedPartition, flags: dict[int, tuple[int, ...] | None]) -> _Key:
+    """The key of a parsed partition; ``flags`` caches _flags_key per GroupFlags object."""
+    broadcast = flags.get(id(partition.broadcast), ())
+    if broadcast == ():
+        broadcast = flags[id(partition.broadcast)] = _flags_key(partition.broadcast)
+    groups = {g.mgid: _flags_key(g.flags) for g in partition.mgroups} or None
+    p = partition
+    return (p.name, p.ipoib, p.sl, broadcast, groups, *p.member_key())
+
+
+def _expected_key(partition: Partition, qos: bool) -> _Key:
+    """The key of a partition as stored: _parsed_key of what it should read back as."""
+    p, s = partition, partition.settings
+    sl = (s.sl or 0) if qos else 0
+    broadcast = None
+    if p.ipoib:  # _broadcast(), field by field
+        broadcast = (
+            DEFAULT_MTU if s.mtu is None else s.mtu,
+            DEFAULT_RATE if s.rate is None else s.rate,
+            sl,
+            0,
+            s.q_key if s.q_key is not None else IPOIB_QKEY,
+            s.tclass or 0,
+            s.flow_label or 0,
+        )
+    groups = {g.mgid: _flags_key(_group_flags(g, p, sl)) for g in p.mgroups} or None
+    name = DEFAULT_NAME if p.pkey.value == DEFAULT_PKEY else p.name
+    return (name, p.ipoib, sl, broadcast, groups, *_render_order_key(p))
+
+
+def _render_order_key(partition: Partition) -> tuple[str, Indx0Runs] | tuple[None, None]:
+    """ParsedPartition.member_key of the entries in the order render writes them.
+
+    Keywords as stored, then GUIDs stably sorted by their indx0 flag
+    (render._member_runs). (None, None) when that order differs from the
+    stored one and a GUID repeats: only then could the reordering change
+    which entry wins.
+    """
+    members, keywords, indx0 = partition.members, partition.keywords, partition.indx0
+    marked = 0 if indx0 else sum(map(_INDEX0, members))
+    if not keywords and not marked:  # the common case, in C
+        items = ENTRY_SEP.join(map(_GUID_ITEM, map(_GUID_AND_MEMBERSHIP, members)))
+        return items, ((indx0, len(members)),) if members else ()
+    flags = [(k.index0 or indx0, 1) for k in keywords]
+    if 0 < marked < len(members):
+        if len({m.guid.value for m in members}) < len(members):
+            return None, None
+        members = tuple(m for m in members if not m.index0) + tuple(m for m in members if m.index0)
+        flags += [(False, len(members) - marked), (True, marked)]
+    else:
+        flags.append((indx0 or marked > 0, len(members)))
+    listed = [f"{k.keyword}={k.membership}" for k in keywords]
+    listed += map(_GUID_ITEM, map(_GUID_AND_MEMBERSHIP, members))
+    merged: list[tuple[bool, int]] = []
+    for flag, count in flags:
+        if merged and merged[-1][0] == flag:
+            merged[-1] = (flag, merged[-1][1] + count)
+        elif count:
+            merged.append((flag, count))
+    return ENTRY_SEP.join(listed), tuple(merged)
+
+
 def self_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: bool) -> list[str]:
     """Problems found reading `text` back; an empty list means it may go live."""
+    with gc_paused():
+        return _self_check(text, state, allow_both_pkeys, qos)
+
+
+def _self_check(text: str, state: DesiredState, allow_both_pkeys: bool, qos: bool) -> list[str]:
     result = parse(text, allow_both_pkeys=allow_both_pkeys, qos=qos)
     problems = [f"line {d.line}: {d.severity}: {d.code}: {d.message}" for d in result.diagnostics]
     if result.fatal is not None:
         return problems[:_MAX_PROBLEMS]
-    parsed = {p.pkey: p for p in result.partitions}
+    flags: dict[int, tuple[int, ...] | None] = {}
+    parsed_keys = {p.pkey: _parsed_key(p, flags) for p in result.partitions}
     wanted = {p.pkey.value: p for p in _rendered(state)}
+    expected_keys = {pkey: _expected_key(p, qos) for pkey, p in wanted.items()}
+    if parsed_keys == expected_keys:  # the usual outcome, decided in one comparison
+        return problems[:_MAX_PROBLEMS]
+    parsed = {p.pkey: p for p in result.partitions}
     for pkey in sorted(set(parsed) ^ set(wanted)):
         where = "in the file only" if pkey in parsed else "missing from the file"
         problems.append(f"0x{pkey:04x}: {where}")
     for pkey in sorted(set(parsed) & set(wanted)):
+        if parsed_keys[pkey] == expected_keys[pkey]:
+            continue  # what the detailed comparison below would find too: nothing
         view, order_problems = _parsed(parsed[pkey], allow_both_pkeys)
         problems += order_problems
         expected = _expected(wanted[pkey], qos)

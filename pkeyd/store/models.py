@@ -48,6 +48,7 @@ class PartitionRow(Base):
     flow_label: Mapped[int | None] = mapped_column(Integer)
     defmember: Mapped[str | None] = mapped_column(String(8))
     indx0: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     members: Mapped[list[MemberRow]] = relationship(

@@ -80,6 +80,7 @@ def to_domain(row: PartitionRow) -> Partition:
         defmember=Membership(row.defmember) if row.defmember else None,
         indx0=row.indx0,
         mgroups=tuple(McastGroup(g.mgid, _settings(g)) for g in row.mgroups),
+        generation=row.generation,
     )
 
 
@@ -99,7 +100,8 @@ class Repository:
         )
         return int(value or 0)
 
-    async def bump_generation(self) -> int:
+    async def bump_generation(self, changed: PartitionRow | None = None) -> int:
+        """Give this commit its generation and stamp the partition it changed."""
         # The UPDATE takes the row lock, so concurrent writers on a shared
         # database serialise here and every commit gets its own generation.
         await self._session.execute(
@@ -107,7 +109,11 @@ class Repository:
             .where(StateRow.id == 1)
             .values(desired_generation=StateRow.desired_generation + 1)
         )
-        return await self.generation()
+        generation = await self.generation()
+        if changed is not None:
+            changed.generation = generation
+            await self._session.flush()
+        return generation
 
     async def list_partitions(self) -> list[PartitionRow]:
         result = await self._session.scalars(

@@ -51,6 +51,7 @@ async def daemon(fabric: SimFabric, tmp_path: Path) -> AsyncIterator[Daemon]:
         partitions_conf=fabric.partitions_conf,
         opensm_pid_file=fabric.pid_file,
         state_dir=tmp_path / "state",
+        fabric_reader="off",
     )
     async with running_daemon(settings) as d:
         await d.wait_applied()

@@ -35,6 +35,7 @@ def settings(tmp_path: Path) -> Settings:
         partitions_conf=tmp_path / "partitions.conf",
         opensm_pid_file=tmp_path / "opensm.pid",
         state_dir=tmp_path / "state",
+        fabric_reader="off",
         coalesce_delay_s=0.0,
         min_reload_interval_s=0.0,
         retry_min_s=0.05,
