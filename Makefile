@@ -34,6 +34,8 @@ test: lint
 
 bench: install
 	$(VENV)/bin/python -m bench.apply_latency
+	$(VENV)/bin/python -m bench.verify_fabric
+	$(VENV)/bin/python -m bench.render_large
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

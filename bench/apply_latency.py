@@ -86,6 +86,7 @@ async def bench(hcas: int, changes: int) -> None:
                 partitions_conf=fabric.partitions_conf,
                 opensm_pid_file=fabric.pid_file,
                 state_dir=workdir / "state",
+                fabric_reader="off",
             )
             runner = web.AppRunner(create_app(settings))
             await runner.setup()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -31,6 +32,8 @@ from pkeyd.errors import ConflictError, NotFoundError, ValidationError
 from pkeyd.groups import GroupSettings, McastGroup
 from pkeyd.store.models import PartitionRow
 from pkeyd.store.repository import Repository, to_domain
+
+log = structlog.get_logger("pkeyd.service")
 
 
 class PartitionService:
@@ -171,6 +174,8 @@ class PartitionService:
                 return current
             if changed.name != current.name and await repo.name_taken(changed.name):
                 raise ConflictError(f"a partition named {changed.name!r} already exists", "name")
+            if current.ipoib and settings != current.settings:
+                log.warning("group_flags_need_recreate", pkey=str(current.pkey))
             repo.set_fields(row, changed, _now())
             if changed.mgroups != current.mgroups:
                 await repo.replace_mgroups(row, changed.mgroups)

@@ -8,11 +8,9 @@ indx0 is involved). For every fatal file: import refuses it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import shutil
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from pkeyd.opensm.render import render
 from pkeyd.opensm.selfcheck import self_check
 from pkeyd.sim.fabric import SimFabric
 from pkeyd.sim.pkeys import PKeyTables, format_tables, read_pkey_tables
+from pkeyd.sim.sweep import load_and_sweep
 from pkeyd.sim.topology import fat_tree
 from tests.opensm.corpus import CORPUS, CorpusFile, load
 
@@ -37,7 +36,6 @@ TOPOLOGY = fat_tree(8, ports_per_hca=2, hcas_per_leaf=4)
 # Statements without a PKey resolve against what OpenSM still holds: start
 # every file from a state with only the Default partition.
 BASELINE = b"Default=0x7fff : ALL, SELF=full ;\n"
-SWEEP_DONE = "-> SUBNET UP"
 
 FILES = [load(p) for p in sorted(CORPUS.glob("*.conf"))]
 ACCEPTED = [f for f in FILES if f.parse().fatal is None and not f.undefined]
@@ -48,25 +46,9 @@ class Loader:
     def __init__(self, sim: SimFabric) -> None:
         self.sim = sim
 
-    async def load(self, data: bytes, within_s: float = 30.0) -> str:
-        """Install `data`, SIGHUP, wait for the end of the heavy sweep; its log."""
-        start = self.sim.opensm_log.stat().st_size
-        self.sim.partitions_conf.write_bytes(data)
-        await self.sim.sighup()
-        deadline = time.monotonic() + within_s
-        while True:
-            with self.sim.opensm_log.open("rb") as log:
-                log.seek(start)
-                text = log.read().decode(errors="replace")
-                if SWEEP_DONE in text:
-                    return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"OpenSM did not finish a sweep within {within_s} s")
-            await asyncio.sleep(0.02)
-
     async def tables(self, data: bytes) -> tuple[PKeyTables, str]:
-        await self.load(BASELINE)
-        log = await self.load(data)
+        await load_and_sweep(self.sim, BASELINE)
+        log = await load_and_sweep(self.sim, data)
         return await read_pkey_tables(self.sim), log
 
 

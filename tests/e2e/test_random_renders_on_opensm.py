@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import warnings
 
 import pytest
@@ -12,6 +10,7 @@ from hypothesis.errors import NonInteractiveExampleWarning
 from pkeyd.domain import DesiredState
 from pkeyd.opensm.render import render
 from pkeyd.sim.fabric import SimFabric
+from pkeyd.sim.sweep import load_and_sweep
 from tests.strategies import desired_states
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -27,24 +26,9 @@ def _sample(guids: list[int]) -> list[DesiredState]:
         return [strategy.example() for _ in range(SAMPLES)]
 
 
-async def _sweep_log(fabric: SimFabric, data: bytes) -> str:
-    start = fabric.opensm_log.stat().st_size
-    fabric.partitions_conf.write_bytes(data)
-    await fabric.sighup()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with fabric.opensm_log.open("rb") as log:
-            log.seek(start)
-            text = log.read().decode(errors="replace")
-        if "-> SUBNET UP" in text:
-            return text
-        await asyncio.sleep(0.02)
-    raise AssertionError("OpenSM did not finish a sweep")
-
-
 async def test_random_renders_parse_cleanly_on_opensm(fabric: SimFabric) -> None:
     for state in _sample(fabric.topology.hca_port_guids()):
         text = render(state)
-        log = await _sweep_log(fabric, text.encode())
+        log = await load_and_sweep(fabric, text.encode())
         assert "PARSE ERROR" not in log, text
         assert "retrying with default config" not in log, text

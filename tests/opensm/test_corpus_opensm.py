@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import re
 import shutil
-import time
 from collections.abc import AsyncIterator
 from dataclasses import astuple
 from pathlib import Path
@@ -28,6 +27,7 @@ from pkeyd.opensm.parsed import DEFAULT_PKEY, GroupFlags, ParseResult
 from pkeyd.opensm.semantics import NodeType, Tables, expected_index0, expected_tables, raw_entries
 from pkeyd.sim.fabric import SimFabric, find_umad2sim
 from pkeyd.sim.pkeys import format_tables, read_pkey_tables
+from pkeyd.sim.sweep import load_and_sweep
 from pkeyd.sim.topology import fat_tree
 from tests.opensm.corpus import CORPUS, CorpusFile, corpus, load
 
@@ -49,7 +49,6 @@ PORTS: list[tuple[int, NodeType]] = [(g, "ca") for g in HCA_PORTS] + [
 # Loaded before a file whose statements lack a PKey: OpenSM resolves those
 # against the partitions it still holds, and this leaves only Default.
 BASELINE = b"Default=0x7fff : ALL, SELF=full ;\n"
-SWEEP_DONE = "-> SUBNET UP"  # logged at the end of every heavy sweep
 FALLBACK = "retrying with default config"
 # What OpenSM logs for each fatal code (osm_prtn_config.c).
 OPENSM_ERRORS = {
@@ -81,21 +80,8 @@ class Fabric:
 
     async def load(self, data: bytes, within_s: float = 30.0) -> str:
         """Install ``data``, SIGHUP, and return the log of the sweep it caused."""
-        log = self.sim.opensm_log
-        start = log.stat().st_size
-        self.sim.partitions_conf.write_bytes(data)
-        await self.sim.sighup()
         self.loads += 1
-        deadline = time.monotonic() + within_s
-        while True:
-            with log.open("rb") as f:
-                f.seek(start)
-                text = f.read().decode(errors="replace")
-            if SWEEP_DONE in text:
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {SWEEP_DONE!r} within {within_s}s:\n{text[-3000:]}")
-            await asyncio.sleep(0.02)
+        return await load_and_sweep(self.sim, data, within_s)
 
 
 class Fabrics:
