@@ -16,6 +16,7 @@ from pkeyd.api.keys import RECONCILER
 from pkeyd.config import Settings
 from pkeyd.opensm.reload import Reloader
 from pkeyd.reconcile import Reconciler
+from pkeyd.verification import ReaderFactory
 
 
 @dataclass
@@ -48,8 +49,11 @@ class Daemon:
 
 @asynccontextmanager
 async def running_daemon(
-    settings: Settings, reloader: Reloader | None = None
+    settings: Settings,
+    reloader: Reloader | None = None,
+    *,
+    open_reader: ReaderFactory | None = None,
 ) -> AsyncIterator[Daemon]:
-    app = create_app(settings, reloader=reloader)
+    app = create_app(settings, reloader=reloader, open_reader=open_reader)
     async with TestClient(TestServer(app)) as client:
         yield Daemon(client, settings, app)
