@@ -3,7 +3,8 @@
 # or pyproject.toml changes.
 
 APT_PACKAGES := opensm ibsim-utils infiniband-diags rdma-core python3-pyverbs \
-                python3-venv python3-pip ca-certificates
+                python3-venv python3-pip ca-certificates \
+                prometheus systemd
 VENV := .venv
 STAMP := $(VENV)/.installed
 

@@ -1,38 +1,102 @@
-"""`pkeyd` command line: argv and environment -> Settings -> the chosen command.
+"""`pkeyd` command line: config file, environment and argv -> Settings -> the chosen command.
 
-This is the only module that reads the environment. Every flag of `serve` may
-also come from a PKEYD_* variable (a flag wins over the variable).
+This is the only module that reads the environment. Every setting has a key
+in the TOML config file (the Settings field name), and most have a flag and a
+PKEYD_* variable. Precedence, highest first: command-line flags, PKEYD_*
+environment variables, the config file (--config PATH, else $PKEYD_CONFIG,
+else /etc/pkeyd/pkeyd.toml if it exists), built-in defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
-import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
-from pkeyd import __version__, admin, logs
-from pkeyd.config import (
-    DEFAULT_DB_URL,
-    DEFAULT_PARTITIONS_CONF,
-    DEFAULT_STATE_DIR,
-    Settings,
-)
-from pkeyd.domain import PKeyRange
+from pkeyd import __version__, admin, configfile, logs, notify
+from pkeyd.config import DEFAULT_DB_URL, Settings
+from pkeyd.configfile import DEFAULT_CONFIG_PATH, FIELDS, ConfigError
 from pkeyd.errors import SchemaOutdatedError
 from pkeyd.opensm.check import run_check
 
 log = structlog.get_logger("pkeyd.cli")
 
+PRECEDENCE = (
+    "Settings come from, highest first: command-line flags, PKEYD_* environment "
+    "variables, the TOML config file (--config PATH, else $PKEYD_CONFIG, else "
+    f"{DEFAULT_CONFIG_PATH} if it exists), built-in defaults. "
+    "`pkeyd config show` prints the result."
+)
+# After SIGTERM, in-flight requests get this long to finish before they are cancelled.
+SHUTDOWN_GRACE_S = 10.0
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"PKEYD_{name}", default)
+
+@dataclass(frozen=True)
+class Option:
+    """One setting on the command line: its Settings field, flag and variable."""
+
+    field: str
+    flag: str
+    env: str
+    help: str
+    metavar: str | None = None
+
+
+LOG_OPTIONS = (
+    Option("log_level", "--log-level", "LOG_LEVEL", "log threshold"),
+    Option("log_format", "--log-format", "LOG_FORMAT", "JSON lines off a TTY, console on one"),
+)
+DB = Option("db_url", "--db", "DB", "SQLAlchemy URL of the store", "URL")
+ALLOW_BOTH = Option(
+    "allow_both_pkeys", "--allow-both-pkeys", "ALLOW_BOTH_PKEYS",
+    "accept membership 'both' (only if opensm.conf has allow_both_pkeys TRUE)",
+)  # fmt: skip
+QOS = Option("qos", "--qos", "QOS", "accept an sl other than 0 (only if opensm.conf has qos TRUE)")
+PID_FILE = Option(
+    "opensm_pid_file", "--opensm-pid-file", "OPENSM_PID_FILE",
+    "reload OpenSM by SIGHUP to the pid in this file", "PATH",
+)  # fmt: skip
+RELOAD_COMMAND = Option(
+    "reload_command", "--reload-command", "RELOAD_COMMAND",
+    "reload OpenSM by running this command, e.g. 'systemctl reload opensm@GUID.service'", "CMD",
+)  # fmt: skip
+# Field, flag, variable (PKEYD_...), help, metavar; S is seconds.
+# fmt: off
+_SPECS = (
+    ("partitions_conf", "--partitions-conf", "PARTITIONS_CONF", "the file OpenSM reads", "PATH"),
+    ("reload_timeout_s", "--reload-timeout", "RELOAD_TIMEOUT", "reload command limit", "S"),
+    ("pkey_range", "--pkey-range", "PKEY_RANGE", "where PKeys are allocated", "LOW-HIGH"),
+    ("default_partition_cap", "--partition-cap", "PARTITION_CAP", "PKeys per port", "N"),
+    ("state_dir", "--state-dir", "STATE_DIR", "copies of external edits go here", "PATH"),
+    ("on_external_edit", "--on-external-edit", "ON_EXTERNAL_EDIT", "restore or hold"),
+    ("coalesce_delay_s", "--coalesce-delay", "COALESCE_DELAY", "pause before a pass", "S"),
+    ("coalesce_max_s", "--coalesce-max", "COALESCE_MAX", "longest such wait", "S"),
+    ("min_reload_interval_s", "--min-reload-interval", "MIN_RELOAD_INTERVAL", "", "S"),
+    ("resync_interval_s", "--resync-interval", "RESYNC_INTERVAL", "pass without commits", "S"),
+    ("retry_min_s", "--retry-min", "RETRY_MIN", "first retry after a failed pass", "S"),
+    ("retry_max_s", "--retry-max", "RETRY_MAX", "longest retry backoff", "S"),
+    ("max_body_bytes", "--max-body-bytes", "MAX_BODY_BYTES", "request size limit", "N"),
+    ("fabric_reader", "--fabric-reader", "FABRIC_READER", "verify PKey tables over SMPs"),
+    ("verify_interval_s", "--verify-interval", "VERIFY_INTERVAL", "between passes", "S"),
+    ("verify_settle_s", "--verify-settle", "VERIFY_SETTLE", "OpenSM's time to sweep", "S"),
+    ("repair_max", "--repair-max", "REPAIR_MAX", "reloads tried per generation on drift", "N"),
+    ("mad_timeout_s", "--mad-timeout", "MAD_TIMEOUT", "per SMP attempt", "S"),
+    ("mad_retries", "--mad-retries", "MAD_RETRIES", "SMP retries after the first", "N"),
+)
+# fmt: on
+DAEMON_OPTIONS = (DB, ALLOW_BOTH, QOS, *(Option(*spec) for spec in _SPECS))
+LISTEN_ENV = "LISTEN"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -45,187 +109,137 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _add_db(parser: argparse.ArgumentParser) -> None:
+def _default_text(name: str) -> str:
+    if name == "log_level":
+        return "info"
+    if name == "log_format":
+        return "auto"
+    for f in dataclasses.fields(Settings):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return "unset" if f.default is None else str(f.default)
+            if f.default_factory is not dataclasses.MISSING:
+                return str(f.default_factory())
+    raise KeyError(name)
+
+
+def _converter(opt: Option) -> Callable[[str], Any]:
+    field = FIELDS[opt.field]
+
+    def convert(text: str) -> Any:
+        try:
+            return configfile.from_text(field, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _add(parser: argparse._ActionsContainer, opt: Option) -> None:
+    """One setting's flag; its default is None so that a given flag can be told apart."""
+    field = FIELDS[opt.field]
+    default = _default_text(opt.field)
+    help_text = f"{opt.help} (key {opt.field}, env PKEYD_{opt.env}; default {default})".lstrip()
+    help_text = help_text.replace("%", "%%")
+    if field.kind == "bool":
+        parser.add_argument(
+            opt.flag, dest=opt.field, action=argparse.BooleanOptionalAction, help=help_text
+        )
+        return
     parser.add_argument(
-        "--db",
-        default=_env("DB", DEFAULT_DB_URL),
-        help="SQLAlchemy URL of the store (env PKEYD_DB; default %(default)s)",
+        opt.flag,
+        dest=opt.field,
+        type=_converter(opt),
+        metavar=opt.metavar or (None if field.choices else "VALUE"),
+        choices=field.choices or None,
+        help=help_text,
     )
 
 
-def _add_opensm_options(parser: argparse.ArgumentParser) -> None:
-    """How the OpenSM that reads the file is configured (mirrors opensm.conf)."""
+def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--allow-both-pkeys",
-        action="store_true",
-        default=_env("ALLOW_BOTH_PKEYS", "") in ("1", "true", "yes"),
-        help="accept membership 'both' (set only if opensm.conf has allow_both_pkeys TRUE)",
-    )
-    parser.add_argument(
-        "--qos",
-        action="store_true",
-        default=_env("QOS", "") in ("1", "true", "yes"),
-        help="accept a partition sl other than 0 (set only if opensm.conf has qos TRUE)",
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"TOML config file (env PKEYD_CONFIG; default {DEFAULT_CONFIG_PATH} if it exists)",
     )
 
 
 def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser)
     parser.add_argument(
         "--listen",
         type=parse_listen,
-        default=parse_listen(_env("LISTEN", "127.0.0.1:8080") or ""),
-        help="HOST:PORT of the REST API (env PKEYD_LISTEN; default 127.0.0.1:8080)",
-    )
-    parser.add_argument(
-        "--partitions-conf",
-        type=Path,
-        default=Path(_env("PARTITIONS_CONF", str(DEFAULT_PARTITIONS_CONF)) or ""),
-        help="the partitions.conf OpenSM reads (default %(default)s)",
+        metavar="HOST:PORT",
+        help="address of the REST API (keys listen_host, listen_port, env PKEYD_LISTEN; "
+        "default 127.0.0.1:8080)",
     )
     reload = parser.add_mutually_exclusive_group()
-    reload.add_argument(
-        "--opensm-pid-file",
-        type=Path,
-        default=_env("OPENSM_PID_FILE"),
-        help="reload OpenSM by SIGHUP to the pid in this file",
-    )
-    reload.add_argument(
-        "--reload-command",
-        default=_env("RELOAD_COMMAND"),
-        help="reload OpenSM by running this command, e.g. 'systemctl reload opensm'",
-    )
-    parser.add_argument(
-        "--pkey-range",
-        type=PKeyRange.parse,
-        default=PKeyRange.parse(_env("PKEY_RANGE", "0x0001-0x7ffe") or ""),
-        help="PKeys allocated when a client sends none (default 0x0001-0x7ffe)",
-    )
-    _add_opensm_options(parser)
-    parser.add_argument(
-        "--partition-cap",
-        type=int,
-        default=int(_env("PARTITION_CAP", "128") or "128"),
-        help="PKey table entries per port when the fabric has not said (default 128)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(_env("STATE_DIR", str(DEFAULT_STATE_DIR)) or ""),
-        help="where copies of externally edited partitions.conf files are kept",
-    )
-    parser.add_argument(
-        "--resync-interval",
-        type=float,
-        default=float(_env("RESYNC_INTERVAL", "60") or "60"),
-        help="seconds between passes that compare partitions.conf even without commits",
-    )
-    parser.add_argument(
-        "--fabric-reader",
-        choices=("smp", "off"),
-        default=_env("FABRIC_READER", "smp"),
-        help="verify PKey tables over SMPs from the local HCA port (default), or off",
-    )
-    parser.add_argument(
-        "--verify-interval",
-        type=float,
-        default=float(_env("VERIFY_INTERVAL", "30") or "30"),
-        help="seconds between verification passes (default 30)",
-    )
-    parser.add_argument(
-        "--verify-settle",
-        type=float,
-        default=float(_env("VERIFY_SETTLE", "15") or "15"),
-        help="seconds OpenSM gets after a reload before a difference counts as drift",
-    )
-    parser.add_argument(
-        "--repair-max",
-        type=int,
-        default=int(_env("REPAIR_MAX", "3") or "3"),
-        help="reloads tried per generation to repair drift (default 3)",
-    )
-    parser.add_argument(
-        "--mad-timeout",
-        type=float,
-        default=float(_env("MAD_TIMEOUT", "0.5") or "0.5"),
-        help="seconds per SMP attempt (default 0.5)",
-    )
-    parser.add_argument(
-        "--mad-retries",
-        type=int,
-        default=int(_env("MAD_RETRIES", "3") or "3"),
-        help="SMP retries after the first attempt (default 3)",
-    )
-    parser.add_argument(
-        "--on-external-edit",
-        choices=("restore", "hold"),
-        default=_env("ON_EXTERNAL_EDIT", "restore"),
-        help="when partitions.conf was edited behind pkeyd: restore pkeyd's version "
-        "(default) or hold applying until an operator resumes",
-    )
+    _add(reload, PID_FILE)
+    _add(reload, RELOAD_COMMAND)
+    for opt in DAEMON_OPTIONS:
+        _add(parser, opt)
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    host, port = args.listen
-    if args.opensm_pid_file is None and args.reload_command is None:
-        raise ValueError("say how to reload OpenSM: --opensm-pid-file or --reload-command")
-    return Settings(
-        db_url=args.db,
-        listen_host=host,
-        listen_port=port,
-        partitions_conf=Path(args.partitions_conf),
-        opensm_pid_file=Path(args.opensm_pid_file) if args.opensm_pid_file else None,
-        reload_command=tuple(shlex.split(args.reload_command)) if args.reload_command else None,
-        pkey_range=args.pkey_range,
-        allow_both_pkeys=args.allow_both_pkeys,
-        qos=args.qos,
-        default_partition_cap=args.partition_cap,
-        state_dir=args.state_dir,
-        on_external_edit=args.on_external_edit,
-        resync_interval_s=args.resync_interval,
-        fabric_reader=args.fabric_reader,
-        verify_interval_s=args.verify_interval,
-        verify_settle_s=args.verify_settle,
-        repair_max=args.repair_max,
-        mad_timeout_s=args.mad_timeout,
-        mad_retries=args.mad_retries,
-    )
+# The settings each command reads (config show and serve: all of them).
+COMMAND_OPTIONS: dict[str, tuple[Option, ...]] = {
+    "serve": (PID_FILE, RELOAD_COMMAND, *DAEMON_OPTIONS),
+    "config": (PID_FILE, RELOAD_COMMAND, *DAEMON_OPTIONS),
+    "migrate": (DB,),
+    "render": (DB,),
+    "import": (DB, ALLOW_BOTH, QOS),
+    "check": (ALLOW_BOTH, QOS),
+    "demo": (),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pkeyd", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"pkeyd {__version__}")
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
-    parser.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default=_env("LOG_FORMAT", "auto"),
-        help="JSON lines off a TTY, console on one (default auto)",
+    parser = argparse.ArgumentParser(
+        prog="pkeyd",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=PRECEDENCE,
     )
+    parser.add_argument("--version", action="version", version=f"pkeyd {__version__}")
+    for opt in LOG_OPTIONS:
+        _add(parser, opt)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the daemon")
-    _add_db(serve)
+    serve = sub.add_parser("serve", help="run the daemon", epilog=PRECEDENCE)
     _add_daemon_options(serve)
 
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show",
+        help="print the effective configuration as TOML (exit 2 if it is invalid)",
+        epilog=PRECEDENCE,
+    )
+    _add_daemon_options(show)
+
     mig = sub.add_parser("migrate", help="bring the database schema to the newest revision")
-    _add_db(mig)
+    _add_config(mig)
+    _add(mig, DB)
 
     check = sub.add_parser("check", help="lint a partitions.conf with OpenSM's exact parser")
     check.add_argument("file", type=Path)
     check.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_opensm_options(check)
+    _add_config(check)
+    _add(check, ALLOW_BOTH)
+    _add(check, QOS)
 
     imp = sub.add_parser("import", help="take over an existing partitions.conf into the store")
-    _add_db(imp)
     imp.add_argument("file", type=Path)
     imp.add_argument("--dry-run", action="store_true", help="print what would be stored")
     imp.add_argument(
         "--replace", action="store_true", help="replace partitions already in the store"
     )
-    _add_opensm_options(imp)
+    _add_config(imp)
+    for opt in (DB, ALLOW_BOTH, QOS):
+        _add(imp, opt)
 
     rend = sub.add_parser("render", help="print or write the partitions.conf pkeyd would write")
-    _add_db(rend)
+    _add_config(rend)
+    _add(rend, DB)
     rend.add_argument("--output", type=Path, help="write atomically to this file")
 
     demo = sub.add_parser(
@@ -237,43 +251,133 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """The merged values of one command, and the file they partly came from."""
+
+    values: dict[str, Any]
+    path: Path | None
+    file_values: dict[str, Any]
+
+    @property
+    def log_level(self) -> str:
+        return str(self.values.get("log_level", "info"))
+
+    @property
+    def log_format(self) -> str:
+        return str(self.values.get("log_format", "auto"))
+
+    @property
+    def db_url(self) -> str:
+        return str(self.values.get("db_url", DEFAULT_DB_URL))
+
+    def flag(self, name: str) -> bool:
+        default = next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+        return bool(self.values.get(name, default))
+
+    def settings(self) -> Settings:
+        try:
+            return configfile.build_settings(self.values)
+        except ValueError as exc:
+            if self.path is not None and configfile.check_alone(self.file_values) == str(exc):
+                raise ConfigError(f"{self.path}: {exc}") from None
+            sources = "flags, PKEYD_* environment"
+            if self.path is not None:
+                sources += f", {self.path}"
+            raise ConfigError(f"invalid configuration (from {sources}): {exc}") from None
+
+
+def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
+    given = getattr(args, "config", None) or environ.get("PKEYD_CONFIG") or None
+    if given is not None:
+        return Path(given)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def _env_layer(
+    options: Sequence[Option], environ: Mapping[str, str], listen: bool
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for opt in options:
+        text = environ.get(f"PKEYD_{opt.env}")
+        if text is None or text == "":
+            continue
+        try:
+            values[opt.field] = configfile.from_text(FIELDS[opt.field], text)
+        except ValueError as exc:
+            raise ConfigError(f"PKEYD_{opt.env}={text!r}: {exc}") from None
+    text = environ.get(f"PKEYD_{LISTEN_ENV}")
+    if listen and text:
+        try:
+            values["listen_host"], values["listen_port"] = parse_listen(text)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"PKEYD_{LISTEN_ENV}: {exc}") from None
+    return values
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolved:
+    """Defaults < config file < PKEYD_* environment < flags, for the command in `args`."""
+    options = (*LOG_OPTIONS, *COMMAND_OPTIONS[args.command])
+    path = None if args.command == "demo" else _config_path(args, environ)
+    file_values = configfile.load_file(path) if path is not None else {}
+    layers = [file_values]
+    with_listen = args.command in ("serve", "config")
+    layers.append(_env_layer(options, environ, with_listen))
+    flags = {
+        o.field: getattr(args, o.field) for o in options if getattr(args, o.field, None) is not None
+    }
+    if with_listen and args.listen is not None:
+        flags["listen_host"], flags["listen_port"] = args.listen
+    layers.append(flags)
+    return Resolved(configfile.merge(layers), path, file_values)
+
+
+def _configure_logs(resolved: Resolved) -> None:
+    fmt = {"auto": None, "json": True, "console": False}[resolved.log_format]
+    logs.configure(resolved.log_level, json=fmt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
-    logs.configure(args.log_level, json=fmt)
+    environ = dict(os.environ)
     try:
+        resolved = resolve(args, environ)
+        _configure_logs(resolved)
+        if args.command == "config":
+            return _show_config(resolved)
+        if args.command == "serve":
+            settings = resolved.settings()
+            return _serve(settings, resolved, _rereader(args, environ, resolved))
         if args.command == "migrate":
-            asyncio.run(admin.migrate_store(args.db))
+            asyncio.run(admin.migrate_store(resolved.db_url))
             log.info("database_migrated")
             return 0
         if args.command == "check":
             return run_check(
                 args.file,
                 json_output=args.json,
-                allow_both_pkeys=args.allow_both_pkeys,
-                qos=args.qos,
+                allow_both_pkeys=resolved.flag("allow_both_pkeys"),
+                qos=resolved.flag("qos"),
                 out=sys.stdout,
             )
         if args.command == "render":
-            return asyncio.run(admin.render_store(args.db, args.output))
+            return asyncio.run(admin.render_store(resolved.db_url, args.output))
         if args.command == "import":
             offline = Settings(
-                db_url=args.db,
+                db_url=resolved.db_url,
                 reload_command=("true",),
-                allow_both_pkeys=args.allow_both_pkeys,
-                qos=args.qos,
+                allow_both_pkeys=resolved.flag("allow_both_pkeys"),
+                qos=resolved.flag("qos"),
             )
             return asyncio.run(
                 admin.import_file(
-                    args.db, args.file, offline, dry_run=args.dry_run, replace=args.replace
+                    resolved.db_url, args.file, offline, dry_run=args.dry_run, replace=args.replace
                 )
             )
-        if args.command == "demo":
-            from pkeyd.demo import run_demo  # imports the simulator only when asked
+        from pkeyd.demo import run_demo  # imports the simulator only when asked
 
-            return asyncio.run(run_demo(args.hcas, args.listen, keep=args.keep))
-        return _serve(settings_from_args(args))
+        return asyncio.run(run_demo(args.hcas, args.listen, keep=args.keep))
     except SchemaOutdatedError as exc:
         print(f"pkeyd: {exc.message}", file=sys.stderr)
         return 2
@@ -282,21 +386,95 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _serve(settings: Settings) -> int:
-    from pkeyd.api.app import create_app
+def _show_config(resolved: Resolved) -> int:
+    settings = resolved.settings()
+    source = str(resolved.path) if resolved.path is not None else "no config file"
+    header = (
+        "The effective pkeyd configuration.\n"
+        f"Sources, highest first: flags, PKEYD_* environment, {source}, defaults."
+    )
+    text = configfile.dump(
+        settings, log_level=resolved.log_level, log_format=resolved.log_format, header=header
+    )
+    sys.stdout.write(text)
+    return 0
 
+
+def _rereader(
+    args: argparse.Namespace, environ: Mapping[str, str], started: Resolved
+) -> Callable[[], Settings]:
+    """What SIGHUP calls: the config file again, under the same flags and environment."""
+    current = [started]
+
+    def reread() -> Settings:
+        resolved = resolve(args, environ)
+        settings = resolved.settings()
+        before = current[0]
+        if (resolved.log_level, resolved.log_format) != (before.log_level, before.log_format):
+            _configure_logs(resolved)
+            log.info("log_settings_changed", level=resolved.log_level, format=resolved.log_format)
+        current[0] = resolved
+        return settings
+
+    return reread
+
+
+def _serve(settings: Settings, resolved: Resolved, reread: Callable[[], Settings]) -> int:
+    # sd_notify: read once, and keep children (a reload command) from speaking for us.
+    env = notify.NotifyEnv.from_environ(os.environ, os.getpid())
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(name, None)
+    notifier = notify.Notifier.from_env(env)
     log.info(
         "pkeyd_starting",
         version=__version__,
+        config=str(resolved.path) if resolved.path else None,
         listen=f"{settings.listen_host}:{settings.listen_port}",
         partitions_conf=str(settings.partitions_conf),
+        systemd_notify=notifier.enabled,
+        watchdog_s=env.watchdog_s,
     )
-    web.run_app(
-        create_app(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10.0,
-    )
+    try:
+        return asyncio.run(_run_daemon(settings, notifier, reread))
+    finally:
+        notifier.close()
+
+
+async def _run_daemon(
+    settings: Settings, notifier: notify.Notifier, reread: Callable[[], Settings]
+) -> int:
+    """Serve until SIGTERM/SIGINT; then finish in-flight requests (bounded) and stop the loops."""
+    from pkeyd.api.app import create_app
+    from pkeyd.api.keys import RECONCILER
+
+    app = create_app(settings, notifier=notifier, reread_settings=reread)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()  # the store is open and the loops run
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("listen_failed", listen=f"{settings.listen_host}:{settings.listen_port}",
+                      error=str(exc))  # fmt: skip
+            return 1
+        log.info("pkeyd_listening", listen=f"{settings.listen_host}:{settings.listen_port}")
+        ready = asyncio.create_task(
+            notify.announce_ready(notifier, app[RECONCILER].first_pass_done, app[RECONCILER])
+        )
+        await stop.wait()
+        ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ready
+        log.info("pkeyd_stopping", grace_s=SHUTDOWN_GRACE_S)
+        notify.stopping(notifier)
+    finally:
+        await runner.cleanup()  # stop listening, finish requests, cancel and await the loops
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("pkeyd_stopped")
     return 0

@@ -65,26 +65,55 @@ class Settings:
     mad_retries: int = 3
 
     def __post_init__(self) -> None:
+        # Messages name the field: a config file key is the field's name.
         if (self.opensm_pid_file is None) == (self.reload_command is None):
-            raise ValueError("set exactly one of --opensm-pid-file (SIGHUP) or --reload-command")
+            raise ValueError(
+                "set exactly one of opensm_pid_file (--opensm-pid-file, SIGHUP) "
+                "or reload_command (--reload-command)"
+            )
+        if self.reload_command is not None and (
+            not self.reload_command or not self.reload_command[0]
+        ):
+            raise ValueError("reload_command must name a program")
+        if not self.db_url:
+            raise ValueError("db_url must not be empty")
+        if not self.listen_host:
+            raise ValueError("listen_host must not be empty")
         if not 0 <= self.listen_port <= 65535:
-            raise ValueError(f"listen port {self.listen_port} is not a TCP port")
+            raise ValueError(f"listen_port {self.listen_port} is not a TCP port (0-65535)")
         if self.on_external_edit not in ("restore", "hold"):
             raise ValueError(
                 f"on_external_edit must be restore or hold, not {self.on_external_edit!r}"
             )
+        if self.fabric_reader not in ("smp", "off"):
+            raise ValueError(f"fabric_reader must be smp or off, not {self.fabric_reader!r}")
         if not 1 <= self.default_partition_cap <= 0xFFFF:
             raise ValueError("default_partition_cap must be 1-65535")
         for name in (
             "coalesce_delay_s",
             "coalesce_max_s",
             "min_reload_interval_s",
+            "verify_settle_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        # Zero here would mean a busy loop or an instant timeout.
+        for name in (
+            "reload_timeout_s",
             "resync_interval_s",
             "retry_min_s",
             "retry_max_s",
             "verify_interval_s",
-            "verify_settle_s",
             "mad_timeout_s",
         ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be greater than 0")
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError("retry_min_s must not exceed retry_max_s")
+        if self.coalesce_delay_s > self.coalesce_max_s:
+            raise ValueError("coalesce_delay_s must not exceed coalesce_max_s")
+        for name in ("repair_max", "mad_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")

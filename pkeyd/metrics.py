@@ -4,24 +4,88 @@ The catalogue (names, types, labels, meaning) is documented in
 docs/metrics.md; keep the two in step. Labelled series are created up front
 with every label value they can take, so a dashboard never sees "no data"
 where the true answer is zero. Cardinality stays bounded: no label carries a
-GUID or a PKey.
+GUID or a PKey; per-port PKey table usage is exposed as one distribution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from pkeyd import __version__
+
+if TYPE_CHECKING:
+    from pkeyd.fabric.model import FabricPort, FabricSnapshot
 
 DRIFT_KINDS = ("missing", "wrong_membership", "unexpected", "absent_member", "over_capacity")
 REFUSAL_REASONS = ("self_check",)
 # Latencies from a few ms (a reload) to minutes (OpenSM down, then back).
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Upper bounds of the table usage distribution (used entries / PartitionCap).
+# 0.9 and 1.0 are there for the alert: a full table makes pkeyd refuse changes.
+TABLE_USAGE_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0)
+_PKEY_BITS = 0x7FFF  # 0x0000 and 0x8000 are both the invalid (empty) PKey
+
+
+@dataclass(frozen=True, slots=True)
+class TableUsage:
+    """How full the CA ports' PKey tables were in the last verification pass."""
+
+    ports: int = 0
+    cumulative: tuple[int, ...] = (0,) * len(TABLE_USAGE_BUCKETS)  # ports with ratio <= bound
+    ratio_sum: float = 0.0
+
+    @classmethod
+    def of(cls, ports: Iterable[FabricPort]) -> TableUsage:
+        ratios = [
+            sum(1 for entry in port.pkeys if entry & _PKEY_BITS) / max(port.partition_cap, 1)
+            for port in ports
+        ]
+        cumulative = tuple(sum(1 for r in ratios if r <= bound) for bound in TABLE_USAGE_BUCKETS)
+        return cls(len(ratios), cumulative, sum(ratios))
+
+
+class _TableUsageCollector(Collector):
+    """Exposes the stored TableUsage at scrape time (a gauge histogram, not per-port series)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(TableUsage())
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._metrics.table_usage)
+
+    @staticmethod
+    def _families(usage: TableUsage) -> Iterator[Metric]:
+        buckets = [
+            (str(float(bound)), float(count))
+            for bound, count in zip(TABLE_USAGE_BUCKETS, usage.cumulative, strict=True)
+        ]
+        buckets.append(("+Inf", float(usage.ports)))
+        yield GaugeHistogramMetricFamily(
+            "pkeyd_port_pkey_table_usage_ratio",
+            "CA ports by PKey table usage (valid entries / PartitionCap), last verification",
+            buckets=buckets,
+            gsum_value=usage.ratio_sum,
+        )
+        yield GaugeMetricFamily(
+            "pkeyd_fabric_ports",
+            "CA ports read in the last verification pass",
+            value=usage.ports,
+        )
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.table_usage = TableUsage()
         Info("pkeyd_build", "pkeyd version", registry=registry).info({"version": __version__})
         self.partitions = Gauge(
             "pkeyd_partitions", "Partitions in the desired state", registry=registry
@@ -144,3 +208,8 @@ class Metrics:
             self.drift_ports.labels(kind=kind)
         for membership in ("full", "limited", "both"):
             self.members.labels(membership=membership)
+        registry.register(_TableUsageCollector(self))
+
+    def observe_tables(self, snapshot: FabricSnapshot) -> None:
+        """Keep the table usage distribution of a verification pass for the next scrape."""
+        self.table_usage = TableUsage.of(snapshot.ca_ports())

@@ -61,6 +61,7 @@ class ReconcileStatus:
     refused: Refusal | None = None
     external_edit: ExternalEdit | None = None
     held: bool = False
+    opensm_up: bool | None = None  # None until the first reload was tried
 
 
 class Reconciler:
@@ -84,7 +85,14 @@ class Reconciler:
         self._unread_commits: list[float] = []
         self._commits_by_generation: list[tuple[int, list[float]]] = []
         self.applied_state: DesiredState | None = None
+        self._pass_started: float | None = None
+        # Set once the first pass ended, success or failure (sd_notify READY=1 waits for it).
+        self.first_pass_done = asyncio.Event()
         self.status = ReconcileStatus()
+
+    def replace_settings(self, settings: Settings) -> None:
+        """A re-read config (SIGHUP): timings and policies apply from the next pass."""
+        self._settings = settings
 
     def wake(self) -> None:
         """Ask for a pass; cheap and safe to call often."""
@@ -103,6 +111,11 @@ class Reconciler:
     def on_applied(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every successful reload."""
         self._applied_listeners.append(listener)
+
+    def stuck_for(self) -> float:
+        """Seconds the current pass has been running (0 between passes): a watchdog feed."""
+        started = self._pass_started
+        return 0.0 if started is None else time.monotonic() - started
 
     def take_commit_latencies(self, generation: int) -> list[float]:
         """Seconds from each commit folded into `generation` (or earlier) until now."""
@@ -129,20 +142,26 @@ class Reconciler:
         self._wake.set()  # the first pass runs at once: OpenSM may hold an older file
         while True:
             await self._wait_for_work()
+            self._pass_started = time.monotonic()
             try:
                 await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.first_pass_done.set()
                 self.status.last_error = str(exc)
                 if not isinstance(exc, ReloadError | OSError):
                     log.exception("reconcile_pass_crashed")
                 log.warning("reconcile_retry", error=str(exc), retry_in_s=backoff)
+                self._pass_started = None  # waiting out a backoff is not being stuck
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._settings.retry_max_s)
                 self._wake.set()
             else:
+                self.first_pass_done.set()
                 backoff = self._settings.retry_min_s
+            finally:
+                self._pass_started = None
 
     async def _wait_for_work(self) -> None:
         try:
@@ -249,6 +268,7 @@ class Reconciler:
         except ReloadError as exc:
             self._record_reload(ReloadOutcome("error", generation, now, exc.message))
             self._metrics.opensm_up.set(0)
+            self.status.opensm_up = False
             log.warning("opensm_reload_failed", generation=generation, error=exc.message)
             raise
         self._record_reload(ReloadOutcome("ok", generation, now))
@@ -256,6 +276,7 @@ class Reconciler:
         self.applied_state = state
         self.status.last_error = None
         self._metrics.opensm_up.set(1)
+        self.status.opensm_up = True
         self._metrics.applied_generation.set(generation)
         log.info("opensm_reloaded", generation=generation)
         for listener in self._applied_listeners:

@@ -96,6 +96,10 @@ class Verifier:
         self._after_reload = False
         reconciler.on_applied(self._applied)
 
+    def replace_settings(self, settings: Settings) -> None:
+        """A re-read config (SIGHUP): intervals and repair limits apply from the next pass."""
+        self._settings = settings
+
     def _applied(self) -> None:
         self._after_reload = True
         self._wake.set()
@@ -169,6 +173,7 @@ class Verifier:
         status.error = None
         status.last_success = datetime.now(UTC)
         self._metrics.last_verification.set(status.last_success.timestamp())
+        self._metrics.observe_tables(snapshot)
         self._capacity.update(
             {f"0x{p.port_guid:016x}": p.partition_cap for p in snapshot.ca_ports()}
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -25,8 +26,10 @@ from pkeyd.api.middleware import request_context
 from pkeyd.api.routes import routes
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
+from pkeyd.configfile import runtime_update
 from pkeyd.fabric.verbs import read_local_ports
 from pkeyd.metrics import Metrics
+from pkeyd.notify import Notifier, heartbeat, stuck_limit
 from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
 from pkeyd.reconcile import Reconciler
 from pkeyd.service import PartitionService, load_desired_state
@@ -50,8 +53,14 @@ def create_app(
     reloader: Reloader | None = None,
     open_reader: ReaderFactory | None = None,
     read_local: LocalReader = read_local_ports,
+    notifier: Notifier | None = None,
+    reread_settings: Callable[[], Settings] | None = None,
 ) -> web.Application:
-    """The daemon. Tests hand in the OpenSM side (reloader, fabric readers) only."""
+    """The daemon. Tests hand in the OpenSM side (reloader, fabric readers) only.
+
+    `notifier` talks to systemd (watchdog, STATUS=); `reread_settings` is
+    called on SIGHUP and its runtime-changeable values are applied.
+    """
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
@@ -59,12 +68,20 @@ def create_app(
     app.add_routes(fabric_routes)
     if open_reader is None and settings.fabric_reader == "smp":
         open_reader = partial(open_smp_source, settings)
-    app.cleanup_ctx.append(_lifecycle(reloader or reloader_for(settings), open_reader, read_local))
+    app.cleanup_ctx.append(
+        _lifecycle(
+            reloader or reloader_for(settings), open_reader, read_local, notifier, reread_settings
+        )
+    )
     return app
 
 
 def _lifecycle(
-    reloader: Reloader, open_reader: ReaderFactory | None, read_local: LocalReader
+    reloader: Reloader,
+    open_reader: ReaderFactory | None,
+    read_local: LocalReader,
+    notifier: Notifier | None,
+    reread_settings: Callable[[], Settings] | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -88,9 +105,17 @@ def _lifecycle(
                 app[VERIFIER] = verifier
                 tasks["verify"] = _guarded(verifier.run(), "pkeyd-verify")
             tasks["reconcile"] = _guarded(reconciler.run(), "pkeyd-reconcile")
+            if notifier is not None and notifier.enabled:
+                feed = heartbeat(notifier, reconciler, tasks, stuck_limit_s=stuck_limit(settings))
+                tasks["watchdog"] = _guarded(feed, "pkeyd-watchdog")
             app[BACKGROUND_TASKS] = tasks
+            if reread_settings is not None:
+                on_hup = _settings_reloader(settings, reread_settings, reconciler, app, notifier)
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
             yield
         finally:
+            if reread_settings is not None:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             for task in tasks.values():
                 task.cancel()
             for task in tasks.values():
@@ -99,6 +124,43 @@ def _lifecycle(
             await engine.dispose()
 
     return ctx
+
+
+def _settings_reloader(
+    settings: Settings,
+    reread: Callable[[], Settings],
+    reconciler: Reconciler,
+    app: web.Application,
+    notifier: Notifier | None,
+) -> Callable[[], None]:
+    """SIGHUP: re-read the config; apply what the loops read live, name what needs a restart."""
+    current = [settings]
+
+    def on_sighup() -> None:
+        if notifier is not None:
+            notifier.send("RELOADING=1")
+        try:
+            new = reread()
+        except ValueError as exc:
+            log.error("config_reload_failed", error=str(exc), kept="the running configuration")
+        else:
+            merged, applied, restart = runtime_update(current[0], new)
+            current[0] = merged
+            # The loops read these fields on every use; the rest is built into
+            # objects (socket, engine, reloader, SMP reader) and needs a restart.
+            reconciler.replace_settings(merged)
+            verifier = app[VERIFIER]
+            if verifier is not None:
+                verifier.replace_settings(merged)
+            log.info("config_reloaded", applied=applied, restart_needed=restart)
+            if restart:
+                log.warning("config_restart_needed", settings=restart)
+            reconciler.wake()
+        finally:
+            if notifier is not None:
+                notifier.send("READY=1")
+
+    return on_sighup
 
 
 def _guarded(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -32,23 +33,42 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> we
     return web.json_response({"error": body}, status=status)
 
 
+# Scraped every few seconds: their lines would drown the API's at info.
+_QUIET_ROUTES = frozenset({"/metrics", "/healthz"})
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id to every log line of the request and echo it back."""
+    """Bind a request id to every log line of the request, count it, echo the id back."""
     offered = request.headers.get("X-Request-Id", "")
     request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    resource = request.match_info.route.resource
+    # The route's pattern, never the path: label values stay bounded.
+    route = resource.canonical if resource is not None else "unmatched"
     started = time.perf_counter()
-    route = request.match_info.route.resource
-    route_name = route.canonical if route is not None else "unmatched"
-    try:
-        response = await _answer(request, handler, request_id)
-    finally:
-        structlog.contextvars.unbind_contextvars("request_id")
-    metrics = request.app[METRICS]
-    elapsed = time.perf_counter() - started
-    metrics.http_requests.labels(route_name, request.method, str(response.status)).inc()
-    metrics.http_seconds.labels(route_name, request.method).observe(elapsed)
+    status = 500
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await _answer(request, handler, request_id)
+            status = response.status
+        except web.HTTPException as exc:  # a redirect, re-raised for aiohttp to send
+            status = exc.status
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics = request.app[METRICS]
+            metrics.http_requests.labels(route, request.method, str(status)).inc()
+            metrics.http_seconds.labels(route, request.method).observe(elapsed)
+            level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+            log.log(
+                level,
+                "http_request",
+                method=request.method,
+                route=route,
+                status=status,
+                duration_s=round(elapsed, 6),
+            )
     response.headers["X-Request-Id"] = request_id
     return response
 

@@ -83,6 +83,7 @@ async def status(request: web.Request) -> web.Response:
         "desired_generation": desired,
         "applied_generation": rec.applied_generation,
         "pending": rec.applied_generation != desired,
+        "opensm_up": rec.opensm_up,
         "reloads": {"ok": rec.reloads["ok"], "error": rec.reloads["error"]},
         "last_reload": None
         if last is None

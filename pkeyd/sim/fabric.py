@@ -246,6 +246,28 @@ class SimFabric:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
+    async def stop_opensm(self) -> None:
+        """Stop OpenSM alone (an SM outage); ibsim and the PKey tables stay."""
+        opensm, self._opensm = self._opensm, None
+        if opensm is None:
+            raise SimError("OpenSM is not running")
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()  # as an init system would: no pid file, no OpenSM
+        await self._terminate(opensm)
+
+    async def start_opensm(self) -> None:
+        """Start OpenSM again after stop_opensm(); return once it reports SUBNET UP.
+
+        The log of the run before is kept as opensm.log.1 (start truncates the log).
+        """
+        if self._ibsim is None:
+            raise SimError("fabric not started")
+        if self._opensm is not None:
+            raise SimError("OpenSM is already running")
+        if self.opensm_log.exists():
+            self.opensm_log.replace(self.opensm_log.with_name(self.opensm_log.name + ".1"))
+        await self._start_opensm()
+
     async def sighup(self) -> None:
         """Make OpenSM re-read partitions.conf and reprogram PKey tables."""
         pid = self.opensm_pid
