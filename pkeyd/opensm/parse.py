@@ -93,6 +93,7 @@ class _Reader:
         self.line_end = 0  # offset of the NUL fgets put after this line
         self.stale_noted = 0
         self._flag_cache: dict[str, StatementConf] = {}
+        self._no_flags = GroupFlagState()  # read only
 
     # -- osm_prtn_config_parse_file -----------------------------------------
 
@@ -240,7 +241,8 @@ class _Reader:
                 assert self.conf is not None
                 self.parsed_any = True
                 if as_run:
-                    self.b.add_run(self.conf, members, self.line)
+                    assert self.conf.prtn is not None
+                    self.b.add_run(self.conf.prtn, self.conf.indx0, members, self.line)
                 else:
                     entries = _MEMBER.findall(members)
                     self.b.add_simple_ports(self.conf, entries, self.line, "both" in members)
@@ -259,19 +261,28 @@ class _Reader:
         name, pkey, flags, items = match.groups()
         if _ZERO_GUID in items or ("=both" in items and not self.b.allow_both):
             return False
-        conf = self._fast_conf(flags[1:]) if flags else StatementConf()
+        if flags:
+            conf = self._fast_conf(flags[1:])
+            group_flags, ipoib, indx0 = conf.flags, conf.is_ipoib, conf.indx0
+        else:  # a statement without flags never changes them (sl stays 0)
+            group_flags, ipoib, indx0 = self._no_flags, False, False
         raw_name = name.encode("latin-1")
+        value = int(pkey, 16) if pkey is not None and pkey[:2] in ("0x", "0X") else 0
         try:
-            if pkey is not None and pkey[:2] in ("0x", "0X") and 0 < int(pkey, 16) < 0x8000:
-                self.b.place(conf, raw_name, int(pkey, 16), self.line)  # create() would
+            if 0 < value < 0x8000:  # what create() makes of this PKey, warnings none
+                part = self.b.place(group_flags, ipoib, raw_name, value, self.line)
             else:
+                conf = StatementConf(group_flags)
+                conf.is_ipoib = ipoib
                 self.b.create(conf, raw_name, None if pkey is None else pkey.encode(), self.line)
+                assert conf.prtn is not None
+                part = conf.prtn
         except FatalParseError as exc:
             self.b.fatal(self.line, exc)
             self.failed = True
             return True
         self.parsed_any = True
-        self.b.add_run(conf, items, self.line)
+        self.b.add_run(part, indx0, items, self.line)
         return True
 
     def _fast_header(self, header: str) -> StatementConf:

@@ -168,7 +168,8 @@ def run_entries(runs: Iterable[MemberRun]) -> list[MemberEntry]:
     return out
 
 
-def _merge(flags: Iterable[tuple[bool, int]]) -> Indx0Runs:
+def indx0_runs(flags: Iterable[tuple[bool, int]]) -> Indx0Runs:
+    """(indx0, count) pairs as Indx0Runs: empty ones dropped, neighbours merged."""
     merged: list[tuple[bool, int]] = []
     for flag, count in flags:
         if merged and merged[-1][0] == flag:
@@ -193,17 +194,6 @@ class ParsedPartition:
     one object per member.
     """
 
-    __slots__ = (
-        "_entries",
-        "_runs",
-        "broadcast",
-        "ipoib",
-        "lines",
-        "mgroups",
-        "name",
-        "pkey",
-        "sl",
-    )
     pkey: int
     name: str
     ipoib: bool
@@ -229,24 +219,26 @@ class ParsedPartition:
     ) -> None:
         if entries and runs:
             raise ValueError("give the entries either as objects or as runs")
-        init = object.__setattr__
-        init(self, "pkey", pkey)
-        init(self, "name", name)
-        init(self, "ipoib", ipoib)
-        init(self, "broadcast", broadcast)
-        init(self, "sl", sl)
-        init(self, "_entries", None if runs else entries)
-        init(self, "_runs", runs)
-        init(self, "mgroups", mgroups)
-        init(self, "lines", lines)
+        # Straight into the instance dict: the frozen __setattr__ stays out
+        # of the way, at half the cost of object.__setattr__ per field (a
+        # parse of a large file makes 32,767 of these).
+        fields = self.__dict__
+        fields["pkey"] = pkey
+        fields["name"] = name
+        fields["ipoib"] = ipoib
+        fields["broadcast"] = broadcast
+        fields["sl"] = sl
+        fields["_entries"] = None if runs else entries
+        fields["_runs"] = runs
+        fields["mgroups"] = mgroups
+        fields["lines"] = lines
 
     @property
     def entries(self) -> tuple[MemberEntry, ...]:
         """Every member entry, in file order."""
         entries = self._entries
         if entries is None:
-            entries = tuple(run_entries(self._runs))
-            object.__setattr__(self, "_entries", entries)
+            entries = self.__dict__["_entries"] = tuple(run_entries(self._runs))
         return entries
 
     def member_key(self) -> tuple[str, Indx0Runs]:
@@ -262,10 +254,10 @@ class ParsedPartition:
             if len(runs) == 1:
                 return runs[0][0], ((runs[0][2], runs[0][1]),)
             items = ENTRY_SEP.join([r[0] for r in runs])
-            return items, _merge((r[2], r[1]) for r in runs)
+            return items, indx0_runs((r[2], r[1]) for r in runs)
         entries = self._entries
         items = ENTRY_SEP.join([f"{e.target}={e.membership}" for e in entries])
-        return items, _merge((e.indx0, 1) for e in entries)
+        return items, indx0_runs((e.indx0, 1) for e in entries)
 
     def _fields(self) -> tuple[object, ...]:
         return (

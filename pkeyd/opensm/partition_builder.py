@@ -271,22 +271,28 @@ class PartitionBuilder:
                 self.warn(line, "pkey_truncated", f"{_name(pkey_text)} is {pkey:#06x}")
             if pkey & 0x8000:
                 self.warn(line, "pkey_full_bit", f"{pkey:#06x} is {pkey & 0x7FFF:#06x}")
-        self.place(conf, given, pkey, line)
+        conf.prtn = self.place(conf.flags, conf.is_ipoib, given, pkey, line)
 
-    def place(self, conf: StatementConf, name: bytes | None, pkey: int, line: int) -> None:
-        """The rest of partition_create, once the PKey is read (``name`` None: unnamed)."""
+    def place(
+        self, flags: GroupFlagState, ipoib: bool, name: bytes | None, pkey: int, line: int
+    ) -> PartitionState:
+        """The rest of partition_create, once the PKey is read (``name`` None: unnamed).
+
+        ``flags`` and ``ipoib`` are the statement's; its sl is forced to 0
+        without QoS (later mgid groups of the statement inherit that).
+        """
         part = self._make_new(name, pkey, line)
-        if not self.qos and conf.flags.sl != 0:
-            self.warn(line, "sl_without_qos", f"sl={conf.flags.sl}")
-            conf.flags.sl = 0
-        part.sl = conf.flags.sl & 0xFF  # the last statement of a PKey sets it
+        if flags.sl != 0 and not self.qos:
+            self.warn(line, "sl_without_qos", f"sl={flags.sl}")
+            flags.sl = 0
+        part.sl = flags.sl & 0xFF  # the last statement of a PKey sets it
         part.lines.append(line)
         if not part.in_file:
             part.in_file = True
             self._order.append(part)
-        conf.prtn = part
-        if conf.is_ipoib:
-            self._broadcast(conf, part, line)
+        if ipoib:
+            self._broadcast(flags, part, line)
+        return part
 
     def _make_new(self, name: bytes | None, pkey: int, line: int) -> PartitionState:
         pkey &= 0x7FFF
@@ -330,13 +336,13 @@ class PartitionBuilder:
                 return self._pkey_counter
         return 0
 
-    def _broadcast(self, conf: StatementConf, part: PartitionState, line: int) -> None:
+    def _broadcast(self, flags: GroupFlagState, part: PartitionState, line: int) -> None:
         part.ipoib = True
-        if conf.flags.scope_mask:
+        if flags.scope_mask:
             self.warn(line, "scope_ignored_for_broadcast")
-        flags = self.groups.broadcast(part.pkey, conf.flags, line)
-        if flags is not None:
-            part.broadcast = flags
+        group = self.groups.broadcast(part.pkey, flags, line)
+        if group is not None:
+            part.broadcast = group
 
     # -- partition_add_port -----------------------------------------------
 
@@ -383,7 +389,7 @@ class PartitionBuilder:
         )
         self._seq += len(entries)
 
-    def add_run(self, conf: StatementConf, items: str, line: int) -> None:
+    def add_run(self, part: PartitionState, indx0: bool, items: str, line: int) -> None:
         """add_port for canonically written entries, kept as one MemberRun.
 
         ``items`` must be ``TARGET=MEMBERSHIP`` entries joined by ENTRY_SEP,
@@ -392,10 +398,8 @@ class PartitionBuilder:
         "both": then every entry means what it says and add_port would
         record exactly these targets and memberships without a warning.
         """
-        part = conf.prtn
-        assert part is not None
         count = items.count(ENTRY_SEP) + 1
-        run = (items, count, conf.indx0, line, self._seq + 1)
+        run = (items, count, indx0, line, self._seq + 1)
         self._seq += count
         if part.entries:
             part.entries += run_entries((run,))

@@ -62,19 +62,22 @@ def statement_header(partition: Partition, *, indx0: bool) -> str:
 
 
 def _member_runs(partition: Partition) -> Iterator[tuple[bool, list[str]]]:
-    """Entries in render order, grouped in runs that share the indx0 flag."""
-    entries = [
-        (k.index0 or partition.indx0, f"{k.keyword}={k.membership.value}")
-        for k in partition.keywords
-    ]
-    # GUIDs never overlap each other, so their order is free: sort by flag.
-    entries += sorted(
-        (
-            (m.index0 or partition.indx0, f"{m.guid}={m.membership.value}")
+    """Entries in render order, grouped in runs that share the indx0 flag.
+
+    Keywords first, in KEYWORDS order; then GUIDs, which never overlap each
+    other, so they are free to go without indx0 first, then with it (each
+    group in GUID order). selfcheck relies on exactly this order.
+    """
+    base = partition.indx0
+    entries = [(k.index0 or base, f"{k.keyword}={k.membership.value}") for k in partition.keywords]
+    for flagged in (False, True):
+        entries += [
+            # A StrEnum formats as its value; skipping `.value` saves ~0.1 s
+            # on 200,000 members.
+            (flagged, f"0x{m.guid.value:016x}={m.membership}")
             for m in partition.members
-        ),
-        key=lambda e: e[0],
-    )
+            if (m.index0 or base) is flagged
+        ]
     run: list[str] = []
     run_flag = False
     for flag, entry in entries:

@@ -17,7 +17,7 @@ from pkeyd.domain import DEFAULT_NAME, DEFAULT_PKEY, DesiredState, Partition
 from pkeyd.groups import DEFAULT_MTU, DEFAULT_RATE, GroupSettings, McastGroup
 from pkeyd.opensm.fastpath import gc_paused
 from pkeyd.opensm.parse import parse
-from pkeyd.opensm.parsed import ENTRY_SEP, GroupFlags, Indx0Runs, ParsedPartition
+from pkeyd.opensm.parsed import ENTRY_SEP, GroupFlags, Indx0Runs, ParsedPartition, indx0_runs
 from pkeyd.opensm.render import states_members
 
 # OpenSM gives an IPoIB group this Q_Key when none is set.
@@ -120,9 +120,10 @@ def _rendered(state: DesiredState) -> list[Partition]:
 # items and indx0 runs (ParsedPartition.member_key). Equal keys mean the
 # detailed comparison finds nothing; a None anywhere means "compare in detail".
 _Key = tuple[object, ...]
-_GUID_AND_MEMBERSHIP = attrgetter("guid.value", "membership")
 _INDEX0 = attrgetter("index0")
-_GUID_ITEM = "0x%016x=%s".__mod__  # str(PortGuid)=membership, StrEnum prints its value
+# A GUID entry as render writes it: str(PortGuid)=membership (a StrEnum
+# prints as its value).
+_GUID_ITEM = "0x%016x=%s"
 
 
 def _flags_key(f: GroupFlags | None) -> tuple[int, ...] | None:
@@ -136,7 +137,7 @@ def _parsed_key(partition: ParsedPartition, flags: dict[int, tuple[int, ...] | N
     broadcast = flags.get(id(partition.broadcast), ())
     if broadcast == ():
         broadcast = flags[id(partition.broadcast)] = _flags_key(partition.broadcast)
-    groups = {g.mgid: _flags_key(g.flags) for g in partition.mgroups} or None
+    groups = {g.mgid: _flags_key(g.flags) for g in partition.mgroups} if partition.mgroups else None
     p = partition
     return (p.name, p.ipoib, p.sl, broadcast, groups, *p.member_key())
 
@@ -156,7 +157,7 @@ def _expected_key(partition: Partition, qos: bool) -> _Key:
             s.tclass or 0,
             s.flow_label or 0,
         )
-    groups = {g.mgid: _flags_key(_group_flags(g, p, sl)) for g in p.mgroups} or None
+    groups = {g.mgid: _flags_key(_group_flags(g, p, sl)) for g in p.mgroups} if p.mgroups else None
     name = DEFAULT_NAME if p.pkey.value == DEFAULT_PKEY else p.name
     return (name, p.ipoib, sl, broadcast, groups, *_render_order_key(p))
 
@@ -171,8 +172,8 @@ def _render_order_key(partition: Partition) -> tuple[str, Indx0Runs] | tuple[Non
     """
     members, keywords, indx0 = partition.members, partition.keywords, partition.indx0
     marked = 0 if indx0 else sum(map(_INDEX0, members))
-    if not keywords and not marked:  # the common case, in C
-        items = ENTRY_SEP.join(map(_GUID_ITEM, map(_GUID_AND_MEMBERSHIP, members)))
+    if not keywords and not marked:  # the common case: GUIDs only, one flag
+        items = ENTRY_SEP.join([_GUID_ITEM % (m.guid.value, m.membership) for m in members])
         return items, ((indx0, len(members)),) if members else ()
     flags = [(k.index0 or indx0, 1) for k in keywords]
     if 0 < marked < len(members):
@@ -183,14 +184,8 @@ def _render_order_key(partition: Partition) -> tuple[str, Indx0Runs] | tuple[Non
     else:
         flags.append((indx0 or marked > 0, len(members)))
     listed = [f"{k.keyword}={k.membership}" for k in keywords]
-    listed += map(_GUID_ITEM, map(_GUID_AND_MEMBERSHIP, members))
-    merged: list[tuple[bool, int]] = []
-    for flag, count in flags:
-        if merged and merged[-1][0] == flag:
-            merged[-1] = (flag, merged[-1][1] + count)
-        elif count:
-            merged.append((flag, count))
-    return ENTRY_SEP.join(listed), tuple(merged)
+    listed += [_GUID_ITEM % (m.guid.value, m.membership) for m in members]
+    return ENTRY_SEP.join(listed), indx0_runs(flags)
 
 
 def self_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: bool) -> list[str]:
