@@ -203,6 +203,41 @@ class PartitionService:
                 await repo.bump_generation(row)
             return to_domain(row)
 
+    async def replace_members(
+        self, pkey: PKey, member_specs: Sequence[MemberSpec], keyword_specs: Sequence[MemberSpec]
+    ) -> Partition:
+        """Make these the partition's whole member list (GUIDs and keywords)."""
+        async with self._write() as repo:
+            row = await self._existing(repo, pkey)
+            default = Membership(row.defmember) if row.defmember else None
+            members = self._members(member_specs, default)
+            keywords = self._keywords(keyword_specs, default)
+            await self._capacity.check(repo, pkey, members, keywords, row)
+            if await repo.replace_members(row, members, keywords, _now()):
+                await repo.bump_generation(row)
+            return to_domain(row)
+
+    async def remove_members(
+        self, pkey: PKey, targets: Sequence[PortGuid | str], *, missing_ok: bool = False
+    ) -> Partition:
+        """Remove several GUIDs or keywords in one change.
+
+        Unless ``missing_ok``, a target that is not a member fails the whole
+        request (404 naming it) and nothing is removed.
+        """
+        async with self._write() as repo:
+            row = await self._existing(repo, pkey)
+            wanted = [str(t) for t in targets]
+            present = {m.guid for m in row.members} | {k.keyword for k in row.keywords}
+            absent = [t for t in wanted if t not in present]
+            if absent and not missing_ok:
+                shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
+                raise NotFoundError(f"not members of {pkey}: {shown}", "guids")
+            if len(absent) < len(wanted):
+                await repo.remove_members(row, wanted, _now())
+                await repo.bump_generation(row)
+            return to_domain(row)
+
     async def remove_member(self, pkey: PKey, target: PortGuid | str) -> None:
         async with self._write() as repo:
             row = await self._existing(repo, pkey)

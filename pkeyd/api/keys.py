@@ -18,3 +18,13 @@ SERVICE = web.AppKey("service", PartitionService)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 VERIFIER: web.AppKey[Verifier | None] = web.AppKey("verifier")
 BACKGROUND_TASKS = web.AppKey("background_tasks", dict[str, asyncio.Task[None]])
+
+
+# Who made a request, for the audit trail: the auth middleware stores the
+# token's name under this request key; without auth it is "anonymous".
+ACTOR = "pkeyd.actor"
+
+
+def actor_of(request: web.Request) -> str:
+    value = request.get(ACTOR)
+    return value if isinstance(value, str) else "anonymous"

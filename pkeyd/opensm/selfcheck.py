@@ -11,7 +11,6 @@ something that was not asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
 
 from pkeyd.domain import DEFAULT_NAME, DEFAULT_PKEY, DesiredState, Partition
 from pkeyd.groups import DEFAULT_MTU, DEFAULT_RATE, GroupSettings, McastGroup
@@ -120,7 +119,6 @@ def _rendered(state: DesiredState) -> list[Partition]:
 # items and indx0 runs (ParsedPartition.member_key). Equal keys mean the
 # detailed comparison finds nothing; a None anywhere means "compare in detail".
 _Key = tuple[object, ...]
-_INDEX0 = attrgetter("index0")
 # A GUID entry as render writes it: str(PortGuid)=membership (a StrEnum
 # prints as its value).
 _GUID_ITEM = "0x%016x=%s"
@@ -171,20 +169,21 @@ def _render_order_key(partition: Partition) -> tuple[str, Indx0Runs] | tuple[Non
     which entry wins.
     """
     members, keywords, indx0 = partition.members, partition.keywords, partition.indx0
-    marked = 0 if indx0 else sum(map(_INDEX0, members))
-    if not keywords and not marked:  # the common case: GUIDs only, one flag
-        items = ENTRY_SEP.join([_GUID_ITEM % (m.guid.value, m.membership) for m in members])
-        return items, ((indx0, len(members)),) if members else ()
+    if indx0:
+        items = [_GUID_ITEM % (m.guid.value, m.membership) for m in members]
+        marked = len(members)
+    else:  # unmarked GUIDs first; usually that is all of them
+        items = [_GUID_ITEM % (m.guid.value, m.membership) for m in members if not m.index0]
+        marked = len(members) - len(items)
+        if marked:
+            if marked < len(members) and len({m.guid.value for m in members}) < len(members):
+                return None, None
+            items += [_GUID_ITEM % (m.guid.value, m.membership) for m in members if m.index0]
+    if not keywords and marked in (0, len(members)):  # the usual case: one flag for all
+        return ENTRY_SEP.join(items), ((marked > 0, marked or len(members)),) if members else ()
     flags = [(k.index0 or indx0, 1) for k in keywords]
-    if 0 < marked < len(members):
-        if len({m.guid.value for m in members}) < len(members):
-            return None, None
-        members = tuple(m for m in members if not m.index0) + tuple(m for m in members if m.index0)
-        flags += [(False, len(members) - marked), (True, marked)]
-    else:
-        flags.append((indx0 or marked > 0, len(members)))
-    listed = [f"{k.keyword}={k.membership}" for k in keywords]
-    listed += [_GUID_ITEM % (m.guid.value, m.membership) for m in members]
+    flags += [(False, len(members) - marked), (True, marked)]
+    listed = [f"{k.keyword}={k.membership}" for k in keywords] + items
     return ENTRY_SEP.join(listed), indx0_runs(flags)
 
 
@@ -199,19 +198,36 @@ def _self_check(text: str, state: DesiredState, allow_both_pkeys: bool, qos: boo
     problems = [f"line {d.line}: {d.severity}: {d.code}: {d.message}" for d in result.diagnostics]
     if result.fatal is not None:
         return problems[:_MAX_PROBLEMS]
-    flags: dict[int, tuple[int, ...] | None] = {}
-    parsed_keys = {p.pkey: _parsed_key(p, flags) for p in result.partitions}
+    parsed = {p.pkey: p for p in result.partitions}
     wanted = {p.pkey.value: p for p in _rendered(state)}
+    flags: dict[int, tuple[int, ...] | None] = {}
+    parsed_keys = {pkey: _parsed_key(p, flags) for pkey, p in parsed.items()}
     expected_keys = {pkey: _expected_key(p, qos) for pkey, p in wanted.items()}
     if parsed_keys == expected_keys:  # the usual outcome, decided in one comparison
         return problems[:_MAX_PROBLEMS]
-    parsed = {p.pkey: p for p in result.partitions}
+    both = parsed_keys.keys() & expected_keys.keys()
+    same = {pkey for pkey in both if parsed_keys[pkey] == expected_keys[pkey]}
+    return _detailed(problems, parsed, wanted, allow_both_pkeys, qos, skip=same)
+
+
+def _detailed(
+    problems: list[str],
+    parsed: dict[int, ParsedPartition],
+    wanted: dict[int, Partition],
+    allow_both_pkeys: bool,
+    qos: bool,
+    *,
+    skip: set[int],
+) -> list[str]:
+    """``problems`` and what differs between the file and the desired state, in words.
+
+    ``skip``: PKeys known to read back as wanted (their keys are equal).
+    """
+    problems = list(problems)
     for pkey in sorted(set(parsed) ^ set(wanted)):
         where = "in the file only" if pkey in parsed else "missing from the file"
         problems.append(f"0x{pkey:04x}: {where}")
-    for pkey in sorted(set(parsed) & set(wanted)):
-        if parsed_keys[pkey] == expected_keys[pkey]:
-            continue  # what the detailed comparison below would find too: nothing
+    for pkey in sorted(set(parsed) & set(wanted) - skip):
         view, order_problems = _parsed(parsed[pkey], allow_both_pkeys)
         problems += order_problems
         expected = _expected(wanted[pkey], qos)

@@ -128,3 +128,18 @@ class StateRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     desired_generation: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class TokenRow(Base):
+    """An API token: only its SHA-256 is kept; the secret is shown once, at creation."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint("role IN ('reader', 'operator', 'admin')", name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    role: Mapped[str] = mapped_column(String(8), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -230,6 +230,48 @@ class Repository:
             await self._session.flush()
         return changed
 
+    async def replace_members(
+        self,
+        row: PartitionRow,
+        members: Iterable[Member],
+        keywords: Iterable[KeywordMember],
+        now: datetime,
+    ) -> bool:
+        """Make these the whole member list. Returns whether anything changed."""
+        wanted = {str(m.guid): m for m in members}
+        wanted_keywords = {k.keyword: k for k in keywords}
+        stale = [m for m in row.members if m.guid not in wanted]
+        stale_keywords = [k for k in row.keywords if k.keyword not in wanted_keywords]
+        for gone in stale:
+            row.members.remove(gone)
+        for gone_keyword in stale_keywords:
+            row.keywords.remove(gone_keyword)
+        changed = bool(stale or stale_keywords)
+        if changed:
+            await self._session.flush()
+        upserted = await self.upsert_members(row, wanted.values(), wanted_keywords.values(), now)
+        if changed and not upserted:
+            row.updated_at = now
+            await self._session.flush()
+        return changed or upserted
+
+    async def remove_members(
+        self, row: PartitionRow, targets: Iterable[str], now: datetime
+    ) -> list[str]:
+        """Remove GUID members (canonical text) and keyword members; returns those not found."""
+        wanted = set(targets)
+        gone = [m for m in row.members if m.guid in wanted]
+        gone_keywords = [k for k in row.keywords if k.keyword in wanted]
+        for member in gone:
+            row.members.remove(member)
+        for keyword in gone_keywords:
+            row.keywords.remove(keyword)
+        found = {m.guid for m in gone} | {k.keyword for k in gone_keywords}
+        if found:
+            row.updated_at = now
+            await self._session.flush()
+        return sorted(wanted - found)
+
     async def remove_member(self, row: PartitionRow, target: str, now: datetime) -> bool:
         """Remove a GUID member (canonical text) or a keyword member."""
         for member in row.members:

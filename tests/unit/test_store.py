@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from pkeyd.cli import main
 from pkeyd.errors import SchemaOutdatedError
 from pkeyd.store.engine import alembic_config, ensure_schema, make_engine, migrate
+
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def _url(tmp_path: Path) -> str:
@@ -25,7 +28,7 @@ async def test_new_empty_database_is_created_with_wal_and_foreign_keys(tmp_path:
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
             assert (await conn.execute(text("PRAGMA synchronous"))).scalar() == 2  # FULL
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-            assert version == "0002"
+            assert version == HEAD
         await ensure_schema(engine)  # at head: nothing to do
     finally:
         await engine.dispose()
@@ -63,7 +66,7 @@ def test_migrate_command_brings_an_old_database_to_head(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (0,)
     assert main(["migrate", "--db", url]) == 0
     with sqlite3.connect(tmp_path / "store.db") as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (HEAD,)
         assert conn.execute("SELECT desired_generation FROM state").fetchone() == (0,)
 
 
