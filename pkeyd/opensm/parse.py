@@ -37,7 +37,7 @@ from pkeyd.opensm.mgroups import BROADCAST_TEMPLATE, IPOIB_QKEY, GroupFlagState,
 from pkeyd.opensm.parsed import ParseResult
 from pkeyd.opensm.partition_builder import FatalParseError, PartitionBuilder, StatementConf
 
-__all__ = ["FGETS_MAX", "parse"]
+__all__ = ["FGETS_MAX", "LONG_LINE", "STATEMENT", "ZERO_GUID", "FlagReader", "parse"]
 
 BUF_SIZE = 4096  # char line[4096]
 FGETS_MAX = BUF_SIZE - 2  # fgets(line, sizeof(line) - 1, f) stores at most 4094 bytes
@@ -62,11 +62,11 @@ _ITEM = r"(?:0x[0-9a-f]{16}|ALL_CAS|ALL_SWITCHES|ALL_ROUTERS|ALL|SELF)=(?:full|l
 _CANONICAL = re.compile(rf"{_B}({_ITEM}(?:, {_ITEM})*){_B}")
 # A whole line of one such statement: _HEADER (name, PKey, flags captured),
 # ':', _CANONICAL, ';'. What _fast_line makes of it, in one match.
-_STATEMENT = re.compile(
+STATEMENT = re.compile(
     rf"{_B}([A-Za-z_][A-Za-z0-9_.+-]*){_B}(?:={_B}({_NUM}){_B})?((?:,{_B}{_FLAG}{_B})*)"
     rf":{_CANONICAL.pattern};{_B}"
 )
-_ZERO_GUID = "0x0000000000000000"
+ZERO_GUID = "0x0000000000000000"
 _BLANKS = b" \t\n"
 _SBLANKS = " \t\n"
 
@@ -77,6 +77,33 @@ class _UndefinedReadError(Exception):
 
 class _RestartError(Exception):
     """Stale buffer bytes are needed, but fast lines did not maintain the buffer."""
+
+
+class FlagReader:
+    """The header flags of plain statements, read by the builder's flag parser.
+
+    What a flags text does without a warning is the same on every line, so it
+    is read once and copied after.
+    """
+
+    def __init__(self, builder: PartitionBuilder) -> None:
+        self._builder = builder
+        self._cache: dict[str, StatementConf] = {}
+
+    def conf(self, flags: str, line: int) -> StatementConf:
+        """A fresh statement state with these flags (``ipoib, mtu=4``...) applied."""
+        known = self._cache.get(flags)
+        if known is not None:
+            return known.copy()
+        conf = StatementConf()
+        diagnostics = len(self._builder.diagnostics)
+        for flag in flags.encode("latin-1").split(b","):
+            key, has_value, value = flag.partition(b"=")
+            val = value.strip(_BLANKS) if has_value else None
+            self._builder.add_flag(conf, key.strip(_BLANKS), val, line)
+        if len(self._builder.diagnostics) == diagnostics:
+            self._cache[flags] = conf.copy()
+        return conf
 
 
 class _Reader:
@@ -92,7 +119,7 @@ class _Reader:
         self.line = 0
         self.line_end = 0  # offset of the NUL fgets put after this line
         self.stale_noted = 0
-        self._flag_cache: dict[str, StatementConf] = {}
+        self._flags = FlagReader(builder)
         self._no_flags = GroupFlagState()  # read only
 
     # -- osm_prtn_config_parse_file -----------------------------------------
@@ -225,7 +252,7 @@ class _Reader:
             canonical = _CANONICAL.fullmatch(members)
             if (
                 canonical is not None
-                and _ZERO_GUID not in members
+                and ZERO_GUID not in members
                 and (allow_both or "=both" not in members)
             ):
                 plan.append((header, canonical.group(1), closed, True))
@@ -254,15 +281,15 @@ class _Reader:
         return True
 
     def _statement_line(self, chunk: str) -> bool:
-        """_fast_line for the line pkeyd renders (_STATEMENT), in fewer steps."""
-        match = _STATEMENT.fullmatch(chunk) if self.conf is None else None
+        """_fast_line for the line pkeyd renders (STATEMENT), in fewer steps."""
+        match = STATEMENT.fullmatch(chunk) if self.conf is None else None
         if match is None:
             return False
         name, pkey, flags, items = match.groups()
-        if _ZERO_GUID in items or ("=both" in items and not self.b.allow_both):
+        if ZERO_GUID in items or ("=both" in items and not self.b.allow_both):
             return False
         if flags:
-            conf = self._fast_conf(flags[1:])
+            conf = self._flags.conf(flags[1:], self.line)
             group_flags, ipoib, indx0 = conf.flags, conf.is_ipoib, conf.indx0
         else:  # a statement without flags never changes them (sl stays 0)
             group_flags, ipoib, indx0 = self._no_flags, False, False
@@ -287,25 +314,10 @@ class _Reader:
 
     def _fast_header(self, header: str) -> StatementConf:
         first, comma, flags = header.partition(",")
-        conf = self._fast_conf(flags) if comma else StatementConf()
+        conf = self._flags.conf(flags, self.line) if comma else StatementConf()
         name, eq, pkey = first.partition("=")
         raw_pkey = pkey.strip(_SBLANKS).encode("latin-1") if eq else None
         self.b.create(conf, name.strip(_SBLANKS).encode("latin-1"), raw_pkey, self.line)
-        return conf
-
-    def _fast_conf(self, flags: str) -> StatementConf:
-        """A statement with these header flags; what they do without a warning is cached."""
-        known = self._flag_cache.get(flags)
-        if known is not None:
-            return known.copy()
-        conf = StatementConf()
-        diagnostics = len(self.b.diagnostics)
-        for flag in flags.encode("latin-1").split(b","):
-            key, has_value, value = flag.partition(b"=")
-            val = value.strip(_BLANKS) if has_value else None
-            self.b.add_flag(conf, key.strip(_BLANKS), val, self.line)
-        if len(self.b.diagnostics) == diagnostics:  # the same on every line: keep it
-            self._flag_cache[flags] = conf.copy()
         return conf
 
     # -- parse_part_conf ----------------------------------------------------

@@ -12,6 +12,8 @@ Where OpenSM accepts what it probably should not, a warning is recorded.
 
 from __future__ import annotations
 
+import functools
+
 from pkeyd.opensm.cnum import C_SPACE, HEX_DIGITS, U32, prefixes, strtoul
 from pkeyd.opensm.mgroups import (
     MTU_RANGE,
@@ -136,6 +138,11 @@ class StatementConf:
         return other
 
 
+def _add_warning(diagnostics: list[Diagnostic], line: int, code: str, detail: str = "") -> None:
+    text = f"{detail}: {WARNING_CODES[code]}" if detail else WARNING_CODES[code]
+    diagnostics.append(Diagnostic(line, "warning", code, text))
+
+
 class PartitionBuilder:
     """Partition table and diagnostics of one parse, as a fresh OpenSM sees them.
 
@@ -152,13 +159,14 @@ class PartitionBuilder:
         self._table: dict[int, PartitionState] = {DEFAULT_PKEY: default}
         self._by_name: dict[bytes, list[int]] = {default.name: [DEFAULT_PKEY]}
         self._order: list[PartitionState] = []
-        self.groups = GroupTable(self.warn)
+        # Not self.warn: a bound method would tie the builder into a cycle,
+        # and every object of a parse would wait for the cyclic collector.
+        self.groups = GroupTable(functools.partial(_add_warning, self.diagnostics))
         self._pkey_counter = 0  # global_pkey_counter, reset for every load
         self._seq = 0
 
     def warn(self, line: int, code: str, detail: str = "") -> None:
-        text = f"{detail}: {WARNING_CODES[code]}" if detail else WARNING_CODES[code]
-        self.diagnostics.append(Diagnostic(line, "warning", code, text))
+        _add_warning(self.diagnostics, line, code, detail)
 
     def fatal(self, line: int, error: FatalParseError) -> None:
         self.diagnostics.append(Diagnostic(line, "fatal", error.code, error.message))

@@ -20,7 +20,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-from pkeyd.domain import DEFAULT_NAME, DesiredState, Partition
+from pkeyd.domain import DEFAULT_NAME, DEFAULT_PKEY, DesiredState, Partition
 from pkeyd.groups import GroupSettings, McastGroup
 
 MEMBERS_PER_LINE = 48  # 48 x 29 bytes: about 1.4 KiB per line
@@ -47,17 +47,24 @@ def _group_flags(settings: GroupSettings) -> list[str]:
     return flags
 
 
+_NO_SETTINGS = GroupSettings()
+# A GUID entry: str(PortGuid)=membership. A StrEnum formats as its value, and
+# %-formatting is the cheapest way to write 200,000 of them.
+_GUID_ITEM = "0x%016x=%s"
+
+
 def statement_header(partition: Partition, *, indx0: bool) -> str:
     flags = ["ipoib"] if partition.ipoib else []
-    # OpenSM never gives the IPoIB broadcast group a scope (partition_create
-    # starts it from zero); a partition's scope only reaches its mgid groups,
-    # so it is written there, and only there.
-    flags.extend(f for f in _group_flags(partition.settings) if not f.startswith("scope="))
+    if partition.settings != _NO_SETTINGS:
+        # OpenSM never gives the IPoIB broadcast group a scope (partition_create
+        # starts it from zero); a partition's scope only reaches its mgid
+        # groups, so it is written there, and only there.
+        flags.extend(f for f in _group_flags(partition.settings) if not f.startswith("scope="))
     if partition.defmember is not None:
         flags.append(f"defmember={partition.defmember.value}")
     if indx0:
         flags.append("indx0")
-    name = DEFAULT_NAME if partition.is_default else partition.name
+    name = DEFAULT_NAME if partition.pkey.value == DEFAULT_PKEY else partition.name
     return ", ".join([f"{name}={partition.pkey}", *flags]) + " :"
 
 
@@ -72,9 +79,7 @@ def _member_runs(partition: Partition) -> Iterator[tuple[bool, list[str]]]:
     entries = [(k.index0 or base, f"{k.keyword}={k.membership.value}") for k in partition.keywords]
     for flagged in (False, True):
         entries += [
-            # A StrEnum formats as its value; skipping `.value` saves ~0.1 s
-            # on 200,000 members.
-            (flagged, f"0x{m.guid.value:016x}={m.membership}")
+            (flagged, _GUID_ITEM % (m.guid.value, m.membership))
             for m in partition.members
             if (m.index0 or base) is flagged
         ]
@@ -88,6 +93,25 @@ def _member_runs(partition: Partition) -> Iterator[tuple[bool, list[str]]]:
         run.append(entry)
     if run:
         yield run_flag, run
+
+
+def _guid_lines(partition: Partition) -> list[str] | None:
+    """The statements of a partition of GUIDs that share one indx0 flag (the usual
+    kind), in the order _member_runs gives; None for any other partition."""
+    members = partition.members
+    if partition.keywords or not members:
+        return None
+    if partition.indx0:
+        flagged = True
+    else:
+        marked = sum(1 for m in members if m.index0)
+        if marked not in (0, len(members)):
+            return None
+        flagged = marked > 0
+    header = statement_header(partition, indx0=flagged)
+    items = [_GUID_ITEM % (m.guid.value, m.membership) for m in members]
+    step = MEMBERS_PER_LINE
+    return [f"{header} {', '.join(items[i : i + step])} ;" for i in range(0, len(items), step)]
 
 
 def _mgroup_entry(group: McastGroup, partition: Partition) -> str:
@@ -106,7 +130,7 @@ def _mgroup_entry(group: McastGroup, partition: Partition) -> str:
 
 def states_members(partition: Partition) -> bool:
     """Whether the partition is written as statements (else OpenSM would drop it)."""
-    return partition.is_default or bool(partition.members or partition.keywords)
+    return bool(partition.members or partition.keywords) or partition.pkey.value == DEFAULT_PKEY
 
 
 def render_partition(partition: Partition) -> list[str]:
@@ -114,17 +138,23 @@ def render_partition(partition: Partition) -> list[str]:
         # OpenSM deletes member-less partitions (and their groups) anyway; a
         # comment keeps the file honest about what is stored.
         return [f"# {statement_header(partition, indx0=False)} no members yet"]
-    lines = [
-        f"{statement_header(partition, indx0=flag)} {', '.join(run)} ;"
-        for flag, run in _member_runs(partition)
-    ]
-    lines += [
-        f"{statement_header(partition, indx0=False)} {_mgroup_entry(g, partition)} ;"
-        for g in partition.mgroups
-    ]
+    lines = _guid_lines(partition)
+    if lines is None:
+        headers = {flag: statement_header(partition, indx0=flag) for flag in (False, True)}
+        lines = [f"{headers[flag]} {', '.join(run)} ;" for flag, run in _member_runs(partition)]
+    if partition.mgroups:
+        lines += [
+            f"{statement_header(partition, indx0=False)} {_mgroup_entry(g, partition)} ;"
+            for g in partition.mgroups
+        ]
     # NONE is OpenSM's no-op member: the Default statement must exist so the
     # file is never comment-only (which OpenSM treats as an error).
     return lines or [f"{statement_header(partition, indx0=False)} NONE ;"]
+
+
+def _file_order(partition: Partition) -> int:
+    value = partition.pkey.value
+    return -1 if value == DEFAULT_PKEY else value
 
 
 def render(state: DesiredState) -> str:
@@ -132,7 +162,7 @@ def render(state: DesiredState) -> str:
 
     The Default partition comes first; the others follow by PKey.
     """
-    ordered = sorted(state.partitions, key=lambda p: (not p.is_default, p.pkey))
+    ordered = sorted(state.partitions, key=_file_order)
     if not ordered or not ordered[0].is_default:
         raise ValueError("the desired state lacks the Default partition 0x7fff")
     body_lines = [line for p in ordered for line in render_partition(p)]

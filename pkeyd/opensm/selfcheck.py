@@ -18,6 +18,7 @@ from pkeyd.opensm.fastpath import gc_paused
 from pkeyd.opensm.parse import parse
 from pkeyd.opensm.parsed import ENTRY_SEP, GroupFlags, Indx0Runs, ParsedPartition, indx0_runs
 from pkeyd.opensm.render import states_members
+from pkeyd.opensm.renderkeys import read_render_keys
 
 # OpenSM gives an IPoIB group this Q_Key when none is set.
 IPOIB_QKEY = 0x0B1B
@@ -194,15 +195,19 @@ def self_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: b
 
 
 def _self_check(text: str, state: DesiredState, allow_both_pkeys: bool, qos: bool) -> list[str]:
+    wanted = {p.pkey.value: p for p in _rendered(state)}
+    expected_keys = {pkey: _expected_key(p, qos) for pkey, p in wanted.items()}
+    # The usual outcome, decided without the full parse: a file of render's
+    # own lines (anything else reads as None) that means exactly this state.
+    if read_render_keys(text, allow_both_pkeys=allow_both_pkeys, qos=qos) == expected_keys:
+        return []
     result = parse(text, allow_both_pkeys=allow_both_pkeys, qos=qos)
     problems = [f"line {d.line}: {d.severity}: {d.code}: {d.message}" for d in result.diagnostics]
     if result.fatal is not None:
         return problems[:_MAX_PROBLEMS]
     parsed = {p.pkey: p for p in result.partitions}
-    wanted = {p.pkey.value: p for p in _rendered(state)}
     flags: dict[int, tuple[int, ...] | None] = {}
     parsed_keys = {pkey: _parsed_key(p, flags) for pkey, p in parsed.items()}
-    expected_keys = {pkey: _expected_key(p, qos) for pkey, p in wanted.items()}
     if parsed_keys == expected_keys:  # the usual outcome, decided in one comparison
         return problems[:_MAX_PROBLEMS]
     both = parsed_keys.keys() & expected_keys.keys()

@@ -27,11 +27,13 @@ from pkeyd.domain import (
     PKey,
     PortGuid,
 )
+from pkeyd.opensm import render as render_module
 from pkeyd.opensm import selfcheck
 from pkeyd.opensm.fastpath import gc_paused
 from pkeyd.opensm.parse import _run, parse
 from pkeyd.opensm.parsed import ParsedPartition, indx0_runs
 from pkeyd.opensm.render import render
+from pkeyd.opensm.renderkeys import read_render_keys
 from tests.strategies import desired_states
 
 GUIDS = [0x0002C90300000000 + 0x100 * i + 1 for i in range(64)]
@@ -248,3 +250,123 @@ def test_gc_paused_restores_the_collector_even_on_error() -> None:
         assert not gc.isenabled()  # was off before, stays off
     finally:
         gc.enable()
+
+
+def test_parse_and_self_check_leave_no_reference_cycles() -> None:
+    """Everything a parse makes is freed by reference counting, not left to the
+    cyclic collector (which would walk hundreds of thousands of objects)."""
+    guids = [PortGuid(g) for g in GUIDS[:8]]
+    tenant = Partition(
+        pkey=PKey(0x12),
+        name="tenant",
+        ipoib=True,
+        members=tuple(Member(g, Membership.FULL, False) for g in guids),
+    )
+    default = Partition(
+        pkey=PKey(DEFAULT_PKEY),
+        name=DEFAULT_NAME,
+        ipoib=True,
+        keywords=(KeywordMember("ALL", Membership.LIMITED, False),),
+    )
+    state = DesiredState(3, (default, tenant))
+    text = render(state)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        result = parse(text)
+        assert result.fatal is None
+        del result
+        assert selfcheck.self_check(text, state, allow_both_pkeys=False, qos=False) == []
+        assert gc.collect() == 0
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _generic_lines(partition: Partition) -> list[str]:
+    """render_partition's statements through the general path (_member_runs) only."""
+    headers = {
+        flag: render_module.statement_header(partition, indx0=flag) for flag in (False, True)
+    }
+    return [
+        f"{headers[flag]} {', '.join(run)} ;" for flag, run in render_module._member_runs(partition)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(desired_states(GUIDS, allow_both=True, qos=True))
+def test_render_shortcut_for_guid_only_partitions_writes_the_general_paths_lines(
+    state: DesiredState,
+) -> None:
+    for partition in state.partitions:
+        shortcut = render_module._guid_lines(partition)
+        if shortcut is not None:
+            assert shortcut == _generic_lines(partition)
+
+
+def _without_mgroups(state: DesiredState) -> DesiredState:
+    return DesiredState(
+        state.generation, tuple(dataclasses.replace(p, mgroups=()) for p in state.partitions)
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data(), st.booleans(), st.booleans(), st.integers(0, len(_TEXT_EDITS) + 6))
+def test_render_keys_are_the_full_parses_keys_or_none(
+    data: st.DataObject, allow_both: bool, qos: bool, text_edit: int
+) -> None:
+    """Most examples are renders of states without mgroups (the shortcut's domain),
+    edited or not; a read with other opensm.conf options than the state's is
+    included too."""
+    state = _without_mgroups(data.draw(desired_states(GUIDS, allow_both=allow_both, qos=qos)))
+    text = render(state)
+    if text_edit <= len(_TEXT_EDITS) + 3:
+        text = _edit_text(text, text_edit, data.draw(st.integers(0, 10**6)))
+    if data.draw(st.booleans()):
+        allow_both, qos = data.draw(st.booleans()), data.draw(st.booleans())
+    keys = read_render_keys(text, allow_both_pkeys=allow_both, qos=qos)
+    result = parse(text, allow_both_pkeys=allow_both, qos=qos)
+    if keys is None:
+        return
+    assert result.diagnostics == ()
+    flags: dict[int, tuple[int, ...] | None] = {}
+    assert keys == {p.pkey: selfcheck._parsed_key(p, flags) for p in result.partitions}
+
+
+def test_render_keys_take_the_render_of_a_plain_state() -> None:
+    """The shortcut really applies to what render writes for GUID and keyword members."""
+    default = Partition(
+        pkey=PKey(DEFAULT_PKEY),
+        name=DEFAULT_NAME,
+        ipoib=True,
+        keywords=(KeywordMember("ALL", Membership.LIMITED, False),),
+    )
+    many = tuple(Member(PortGuid(g), Membership.FULL, i % 3 == 0) for i, g in enumerate(GUIDS))
+    state = DesiredState(
+        5, (default, Partition(pkey=PKey(0x12), name="big", ipoib=False, members=many))
+    )
+    text = render(state)
+    keys = read_render_keys(text, allow_both_pkeys=False, qos=False)
+    assert keys is not None
+    assert set(keys) == {0x12, DEFAULT_PKEY}
+    assert keys[0x12][6] == ((False, 42), (True, 22))  # indx0 members written last
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("t=0x12 : 0x0002c90300000001=full ; # note", "comment after a statement"),
+        ("t=0x12, ipoib : mgid=ff12:401b::1,mtu=4,rate=3 ;", "mgid entry"),
+        ("t=0x12 : 0x0002c90300000001=both ;", "both without allow_both_pkeys"),
+        ("t=0x12, sl=1 : 0x0002c90300000001=full ;", "sl without qos"),
+        ("t=0x12 : 0x0002c90300000001=full ;\nu=0x12 : SELF=full ;", "second name"),
+        ("Other=0x7fff : ALL=full ;", "another name for the Default partition"),
+        ("t=0x12, mtuu=4 : 0x0002c90300000001=full ;", "a flag only prefix-matched"),
+        ("t=0x12 : 0x0002c90300000001=full ;\r", "carriage return"),
+        ("t=0x12 : 0x0000000000000000=full ;", "GUID 0"),
+        ("", "no statement at all"),
+    ],
+)
+def test_render_keys_leave_anything_unusual_to_the_full_parse(line: str, why: str) -> None:
+    assert read_render_keys(line, allow_both_pkeys=False, qos=False) is None, why
