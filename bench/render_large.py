@@ -89,8 +89,10 @@ def build_state(real_ports: list[int], seed: int = 7) -> DesiredState:
     return DesiredState(1, tuple(partitions))
 
 
-def cycle(state: DesiredState, path: Path) -> tuple[float, float, float]:
-    """One reconcile's worth: render, self_check, atomic_write; the seconds of each."""
+def cycle(state: DesiredState, path: Path) -> tuple[float, float, float, float]:
+    """One reconcile's worth: render, self_check, atomic_write; the seconds of each,
+    then the CPU seconds of all three (the wall clock also counts other load)."""
+    cpu = time.process_time()
     began = time.perf_counter()
     text = render(state)
     rendered = time.perf_counter()
@@ -99,7 +101,8 @@ def cycle(state: DesiredState, path: Path) -> tuple[float, float, float]:
     if problems:
         raise SystemExit(f"self_check refused the render: {problems[:3]}")
     atomic_write(path, text.encode("ascii"))
-    return rendered - began, checked - rendered, time.perf_counter() - checked
+    ended = time.perf_counter()
+    return rendered - began, checked - rendered, ended - checked, time.process_time() - cpu
 
 
 async def reload_seconds(fabric: SimFabric, data: bytes) -> float:
@@ -153,22 +156,26 @@ def main() -> None:
         path = Path(tmp) / "partitions.conf"
         runs = [cycle(state, path) for _ in range(1 + args.runs)]
         data = path.read_bytes()
+    rss = peak_mb()  # before the full parse below, which the cycle does not need
     began = time.perf_counter()
     parse(data)
-    parse_s = time.perf_counter() - began  # self_check's parse alone, for the record
-    rss = peak_mb()
+    parse_s = time.perf_counter() - began
 
     print(f"file: {len(data):,} bytes, {data.count(b';'):,} statements")
-    print(f"{'seconds':28}{'render':>8}{'self_check':>12}{'write':>8}{'total':>8}")
+    header = f"{'seconds':28}{'render':>8}{'self_check':>12}{'write':>8}{'total':>8}{'CPU':>8}"
+    print(header)
     for label, rows in (
         ("cold (first run)", runs[:1]),
         (f"warm (median of {args.runs})", runs[1:]),
     ):
         cols = [statistics.median(r[i] for r in rows) for i in range(3)]
-        cols.append(statistics.median(sum(r) for r in rows))
-        print(f"  {label:26}{cols[0]:8.3f}{cols[1]:12.3f}{cols[2]:8.3f}{cols[3]:8.3f}")
-    print(f"  (self_check's parse alone: {parse_s:.3f} s)  peak RSS {rss:.0f} MB")
-    cold, warm = sum(runs[0]), statistics.median(sum(r) for r in runs[1:])
+        cols.append(statistics.median(sum(r[:3]) for r in rows))
+        cols.append(statistics.median(r[3] for r in rows))
+        print(f"  {label:26}" + "".join(f"{c:8.3f}" for c in cols[:1]), end="")
+        print(f"{cols[1]:12.3f}" + "".join(f"{c:8.3f}" for c in cols[2:]))
+    print(f"  peak RSS {rss:.0f} MB; for the record, the full parse of this file ", end="")
+    print(f"(self_check's fallback for files not shaped like a render): {parse_s:.3f} s")
+    cold, warm = sum(runs[0][:3]), statistics.median(sum(r[:3]) for r in runs[1:])
     verdicts = [("cold", cold <= TARGET_S), ("warm", warm <= TARGET_S), ("RSS", rss <= TARGET_MB)]
     shown = ", ".join(f"{what} {'met' if ok else 'MISSED'}" for what, ok in verdicts)
     print(f"target <= {TARGET_S:.1f} s and <= {TARGET_MB:.0f} MB: {shown}")

@@ -182,6 +182,17 @@ class Reconciler:
             await asyncio.sleep(settings.min_reload_interval_s - since_reload)
         self._wake.clear()
 
+    def _render_checked(self, state: DesiredState) -> tuple[str, list[str]]:
+        """The file for this state, and what the safety net found wrong with it."""
+        text = render(state)
+        problems = self_check(
+            text,
+            state,
+            allow_both_pkeys=self._settings.allow_both_pkeys,
+            qos=self._settings.qos,
+        )
+        return text, problems
+
     async def reconcile_once(self) -> None:
         started = time.perf_counter()
         commits, self._unread_commits = self._unread_commits, []
@@ -193,13 +204,9 @@ class Reconciler:
         self._update_state_gauges(state)
 
         with self._metrics.render_seconds.time():
-            text = render(state)
-            problems = self_check(
-                text,
-                state,
-                allow_both_pkeys=self._settings.allow_both_pkeys,
-                qos=self._settings.qos,
-            )
+            # A large state takes a good part of a second: off the event loop,
+            # so the API keeps answering meanwhile.
+            text, problems = await asyncio.to_thread(self._render_checked, state)
         if problems:
             self._refuse(state.generation, problems)
             return

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from pkeyd.domain import DEFAULT_NAME, DEFAULT_PKEY, DesiredState, Partition
 from pkeyd.groups import GroupSettings, McastGroup
+from pkeyd.opensm.fastpath import gc_paused
 
 MEMBERS_PER_LINE = 48  # 48 x 29 bytes: about 1.4 KiB per line
 HEADER_PREFIX = "# partitions.conf for OpenSM, written by pkeyd"
@@ -165,7 +166,8 @@ def render(state: DesiredState) -> str:
     ordered = sorted(state.partitions, key=_file_order)
     if not ordered or not ordered[0].is_default:
         raise ValueError("the desired state lacks the Default partition 0x7fff")
-    body_lines = [line for p in ordered for line in render_partition(p)]
+    with gc_paused():  # a list per partition, no cycles: see gc_paused
+        body_lines = [line for p in ordered for line in render_partition(p)]
     body = "\n".join(body_lines) + "\n"
     digest = hashlib.sha256(body.encode("ascii")).hexdigest()
     header = (
