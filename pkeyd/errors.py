@@ -51,6 +51,13 @@ class UnsupportedMediaTypeError(PkeydError):
     status = 415
 
 
+class UnavailableError(PkeydError):
+    """What was asked for is switched off by configuration."""
+
+    code = "unavailable"
+    status = 503
+
+
 class SchemaOutdatedError(PkeydError):
     """The database exists at an older schema revision; the operator migrates it."""
 

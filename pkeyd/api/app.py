@@ -23,6 +23,7 @@ from pkeyd.api.keys import (
     VERIFIER,
 )
 from pkeyd.api.middleware import request_context
+from pkeyd.api.openapi import openapi_routes
 from pkeyd.api.routes import routes
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
@@ -66,6 +67,7 @@ def create_app(
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app.add_routes(routes)
     app.add_routes(fabric_routes)
+    app.add_routes(openapi_routes)
     if open_reader is None and settings.fabric_reader == "smp":
         open_reader = partial(open_smp_source, settings)
     app.cleanup_ctx.append(

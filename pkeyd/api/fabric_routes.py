@@ -9,6 +9,7 @@ from aiohttp import web
 from pkeyd.api.keys import RECONCILER, SERVICE, VERIFIER
 from pkeyd.domain import PKey, PortGuid
 from pkeyd.drift import REPAIRABLE, actual_memberships, expected_for
+from pkeyd.errors import NotFoundError, UnavailableError
 from pkeyd.fabric.model import FabricPort
 from pkeyd.verification import Verifier
 
@@ -44,7 +45,7 @@ def verification_status(verifier: Verifier | None) -> dict[str, Any]:
 def _verifier(request: web.Request) -> Verifier:
     verifier = request.app[VERIFIER]
     if verifier is None:
-        raise web.HTTPServiceUnavailable(reason="verification is off (fabric_reader=off)")
+        raise UnavailableError("verification is off (fabric_reader = off)")
     return verifier
 
 
@@ -98,7 +99,7 @@ async def port(request: web.Request) -> web.Response:
     if found is None and status.snapshot is not None:
         found, source = status.snapshot.port(guid.value), "smp"
     if found is None:
-        raise web.HTTPNotFound(reason=f"port {guid} was not seen on the fabric")
+        raise NotFoundError(f"port {guid} was not seen on the fabric", "guid")
     applied = request.app[RECONCILER].applied_state
     expected: dict[int, str] = {}
     if applied is not None and status.snapshot is not None:

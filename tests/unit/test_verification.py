@@ -9,71 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pkeyd.config import Settings
-from pkeyd.errors import ReloadError
 from pkeyd.fabric.model import (
     FabricError,
-    FabricPort,
-    FabricSnapshot,
-    MadStats,
-    NodeType,
-    PortState,
 )
-from pkeyd.opensm.parse import parse
-from pkeyd.opensm.semantics import expected_tables
+from tests.fakesubnet import CAP, A, B, FakeSubnet, open_subnet
 from tests.helpers import Daemon, running_daemon
-
-SM, A, B = 0x101, 0x201, 0x301
-CAP = 8
-
-
-class FakeSubnet:
-    """Ports with PKey tables, and an 'OpenSM' that caches what it programmed."""
-
-    def __init__(self, conf: Path) -> None:
-        self.conf = conf
-        self.ports = {g: (0xFFFF,) + (0,) * (CAP - 1) for g in (SM, A, B)}
-        self.cache = dict(self.ports)
-        self.reloads = 0
-        self.writes: list[int] = []
-        self.broken_writes = False
-        self.sm_port_guid = SM
-
-    async def reload(self) -> None:  # the Reloader side
-        if not self.conf.exists():
-            raise ReloadError("no partitions.conf")
-        self.reloads += 1
-        result = parse(self.conf.read_bytes())
-        wanted = expected_tables(result, [(g, "ca") for g in self.ports], SM)
-        for guid, memberships in wanted.items():
-            entries = sorted(p | 0x8000 if m == "full" else p for p, m in memberships.items())
-            table = tuple((entries + [0] * CAP)[:CAP])
-            if table != self.cache[guid]:  # OpenSM only sends what changed in its view
-                self.cache[guid] = self.ports[guid] = table
-
-    async def read_all(self) -> FabricSnapshot:  # the FabricReader side
-        ports = tuple(
-            FabricPort(g - 1, g, 1, NodeType.CA, "", g, PortState.ACTIVE, CAP, t)
-            for g, t in sorted(self.ports.items())
-        )
-        return FabricSnapshot(ports, datetime.now(UTC), 0.001, MadStats(sent=3 * len(ports)))
-
-    async def write_table(self, port: FabricPort, table: tuple[int, ...]) -> None:
-        if self.broken_writes:
-            raise FabricError("MAD timeout")
-        self.writes.append(port.port_guid)
-        self.ports[port.port_guid] = table
-
-    async def aclose(self) -> None:
-        return None
-
-
-async def _open(subnet: FakeSubnet) -> FakeSubnet:
-    return subnet
 
 
 def _settings(settings: Settings) -> Settings:
@@ -99,7 +42,7 @@ async def _until(d: Daemon, check: Any, within_s: float = 10.0) -> dict[str, Any
 async def test_verified_then_tamper_is_repaired_by_a_write(settings: Settings) -> None:
     subnet = FakeSubnet(settings.partitions_conf)
     config = _settings(settings)
-    async with running_daemon(config, subnet, open_reader=lambda: _open(subnet)) as d:
+    async with running_daemon(config, subnet, open_reader=lambda: open_subnet(subnet)) as d:
         body = {"name": "t", "pkey": "0x0a12", "members": [{"guid": f"0x{A:016x}"}]}
         await d.json("POST", "/api/v1/partitions", 201, json=body)
         await _until(d, lambda s: s["verified_generation"] == s["desired_generation"] == 1)
@@ -120,7 +63,7 @@ async def test_drift_that_cannot_be_repaired_is_reported_not_looped_on(
 ) -> None:
     subnet = FakeSubnet(settings.partitions_conf)
     config = _settings(settings)
-    async with running_daemon(config, subnet, open_reader=lambda: _open(subnet)) as d:
+    async with running_daemon(config, subnet, open_reader=lambda: open_subnet(subnet)) as d:
         body = {"name": "t", "pkey": "0x0a12", "members": [{"guid": f"0x{B:016x}"}]}
         await d.json("POST", "/api/v1/partitions", 201, json=body)
         await _until(d, lambda s: s["verified_generation"] == 1)
