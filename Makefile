@@ -4,7 +4,7 @@
 
 APT_PACKAGES := opensm ibsim-utils infiniband-diags rdma-core python3-pyverbs \
                 python3-venv python3-pip ca-certificates \
-                prometheus systemd
+                prometheus systemd postgresql
 VENV := .venv
 STAMP := $(VENV)/.installed
 

@@ -1,0 +1,129 @@
+"""The store on PostgreSQL, the backend several SM nodes share: same schema, same answers.
+
+Everything here also runs on SQLite elsewhere; these tests prove that nothing
+in the migrations, the repository or the service is SQLite-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from sqlalchemy import inspect
+
+from pkeyd.config import Settings
+from pkeyd.store.engine import alembic_config, ensure_schema, make_engine
+from tests.helpers import Daemon, running_daemon
+
+
+class _Reloads:
+    async def reload(self) -> None:
+        return None
+
+
+def _settings(db_url: str, tmp: Path) -> Settings:
+    return Settings(
+        db_url=db_url,
+        partitions_conf=tmp / "partitions.conf",
+        opensm_pid_file=tmp / "opensm.pid",
+        state_dir=tmp / "state",
+        fabric_reader="off",
+        coalesce_delay_s=0.0,
+        min_reload_interval_s=0.0,
+    )
+
+
+async def test_migrations_go_up_down_and_up_again(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    try:
+        await ensure_schema(engine)  # a brand-new database gets the whole schema
+
+        def tables(conn: Any) -> set[str]:
+            return set(inspect(conn).get_table_names())
+
+        async with engine.connect() as conn:
+            created = await conn.run_sync(tables)
+        assert {"partitions", "members", "keyword_members", "mgroups", "state"} <= created
+        sync_url = pg_url  # alembic runs the async URL through env.py
+        await asyncio.to_thread(command.downgrade, alembic_config(sync_url), "base")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(tables) <= {"alembic_version"}
+        await asyncio.to_thread(command.upgrade, alembic_config(sync_url), "head")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(tables) == created
+    finally:
+        await engine.dispose()
+
+
+async def _scenario(d: Daemon) -> str:
+    """A bit of everything the API writes; returns the file pkeyd wrote for it."""
+    guids = [f"0x0002c9030000{i:04x}" for i in range(1, 9)]
+    await d.json(
+        "POST",
+        "/api/v1/partitions",
+        201,
+        json={
+            "name": "tenant-a",
+            "pkey": "0x0a12",
+            "ipoib": True,
+            "mtu": 4,
+            "members": [{"guid": g} for g in guids[:4]],
+            "keywords": [{"keyword": "SELF", "membership": "full"}],
+            "mgroups": [{"mgid": "ff12:1234::5", "rate": 7}],
+        },
+    )
+    second = {"name": "tenant-b", "defmember": "limited"}
+    await d.json("POST", "/api/v1/partitions", 201, json=second)
+    await d.json(
+        "POST",
+        "/api/v1/partitions/0x0001/members",
+        200,
+        json={"members": [{"guid": g, "index0": True} for g in guids[3:]]},
+    )
+    await d.json("PATCH", "/api/v1/partitions/0x0a12", 200, json={"sl": None, "rate": 7})
+    await d.json("DELETE", f"/api/v1/partitions/0x0a12/members/{guids[0]}", 204)
+    await d.json("POST", "/api/v1/partitions", 201, json={"name": "gone", "pkey": "0x0b00"})
+    await d.json("DELETE", "/api/v1/partitions/0x0b00", 204)
+    await d.json("POST", "/api/v1/partitions", 409, json={"name": "tenant-b"})
+    await d.wait_applied()
+    return d.settings.partitions_conf.read_text()
+
+
+async def test_the_api_writes_the_same_file_on_postgresql_as_on_sqlite(
+    pg_url: str, tmp_path: Path
+) -> None:
+    files = []
+    for name, url in (("sqlite", f"sqlite+aiosqlite:///{tmp_path}/pkeyd.db"), ("pg", pg_url)):
+        (tmp_path / name).mkdir()
+        async with running_daemon(_settings(url, tmp_path / name), _Reloads()) as d:
+            await d.wait_applied()
+            files.append(await _scenario(d))
+    assert files[0] == files[1]
+    assert "tenant-a=0x0a12" in files[1]
+    assert "mgid=ff12:1234::5" in files[1]
+
+
+async def test_two_daemons_on_one_database_keep_names_and_pkeys_unique(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Two SM nodes racing to create the same partition: the database decides."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    engine = make_engine(pg_url)
+    await ensure_schema(engine)
+    await engine.dispose()
+    async with (
+        running_daemon(_settings(pg_url, tmp_path / "a"), _Reloads()) as a,
+        running_daemon(_settings(pg_url, tmp_path / "b"), _Reloads()) as b,
+    ):
+        for round_ in range(10):
+            body = {"name": f"race-{round_}", "pkey": f"0x{0x100 + round_:04x}"}
+            answers = await asyncio.gather(
+                a.client.post("/api/v1/partitions", json=body),
+                b.client.post("/api/v1/partitions", json=body),
+            )
+            assert sorted(r.status for r in answers) == [201, 409]
+        listed = await a.json("GET", "/api/v1/partitions", 200)
+        assert len([p for p in listed["partitions"] if p["name"].startswith("race-")]) == 10
