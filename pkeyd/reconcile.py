@@ -224,6 +224,7 @@ class Reconciler:
             and self.status.applied_generation == state.generation
             and not self._force_reload
         ):
+            self._note_opensm_alive()
             return
         if live != data:
             try:
@@ -288,6 +289,18 @@ class Reconciler:
         log.info("opensm_reloaded", generation=generation)
         for listener in self._applied_listeners:
             listener()
+
+    def _note_opensm_alive(self) -> None:
+        """Between reloads, opensm_up follows the process where the reloader can tell
+        (SIGHUP by pid file); a reload command cannot, so the last reload decides."""
+        alive = getattr(self._reloader, "alive", None)
+        if alive is None:
+            return
+        up = bool(alive())
+        if up != self.status.opensm_up:
+            (log.info if up else log.warning)("opensm_up_changed", up=up)
+        self.status.opensm_up = up
+        self._metrics.opensm_up.set(1 if up else 0)
 
     def _record_reload(self, outcome: ReloadOutcome) -> None:
         self.status.last_reload = outcome

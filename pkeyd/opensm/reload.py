@@ -42,6 +42,14 @@ class SighupReloader:
             raise ReloadError(f"pid {pid} from {self._pid_file} is {name!r}, not opensm")
         return pid
 
+    def alive(self) -> bool:
+        """Whether the pid file names a running opensm (for status between reloads)."""
+        try:
+            self._pid()
+        except ReloadError:
+            return False
+        return True
+
     async def reload(self) -> None:
         pid = self._pid()
         try:
