@@ -141,7 +141,7 @@ class Metrics:
         )
         self.opensm_up = Gauge(
             "pkeyd_opensm_up",
-            "1 if the last attempt to reach OpenSM (reload) succeeded, else 0",
+            "1 if OpenSM was reachable: the last reload, or its pid between reloads",
             registry=registry,
         )
         self.render_seconds = Histogram(
