@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from pkeyd.api.ufm_clock import LAST_UPDATED
+from pkeyd.api.ufm_routes import PREFIXES
 from pkeyd.config import Settings
 from tests.helpers import Daemon, running_daemon
 from tests.unit.conftest import CountingReloader
@@ -345,3 +346,31 @@ async def test_last_updated_moves_when_applied_without_verification(daemon: Daem
 
 def _parse(text: str) -> datetime:
     return datetime.strptime(text, "%a %b %d %H:%M:%S UTC %Y")
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+async def test_each_prefix_serves_the_same_calls(daemon: Daemon, prefix: str) -> None:
+    await daemon.json("GET", f"{prefix}/app/ufm_version", 200)
+    await daemon.json("POST", f"{prefix}/resources/pkeys/add", 201, json={"pkey": "0xa12"})
+    await daemon.json("PUT", f"{prefix}/resources/pkeys/", 200, json=_add(G1))
+    await daemon.json("DELETE", f"{prefix}/resources/pkeys/0xa12/guids/{G1}", 200)
+    await daemon.json("POST", f"{prefix}/resources/pkeys/", 200, json=_add(G2))
+    await daemon.json("POST", f"{prefix}/actions/remove_guids_from_pkey", 200, json=_add(G2))
+    await daemon.json("PUT", f"{prefix}/resources/pkeys/qos_conf", 200,
+                      json={"pkey": "0xa12", "mtu_limit": 4})  # fmt: skip
+    assert set(await daemon.json("GET", f"{prefix}/resources/pkeys/", 200)) == {"0xa12", "0x7fff"}
+    one = await daemon.json("GET", f"{prefix}/resources/pkeys/0xa12?qos_conf=1", 200)
+    assert one["qos_conf"]["mtu_limit"] == 4
+    await daemon.json("GET", f"{prefix}/resources/pkeys/last_updated", 200)
+    await daemon.json("DELETE", f"{prefix}/resources/pkeys/0xa12", 200)
+
+
+async def test_pkey_forms(daemon: Daemon) -> None:
+    # A JSON integer is unambiguous; hex strings in any case and padding.
+    await daemon.json("POST", "/ufmRest/resources/pkeys", 200, json={"pkey": 2578, "guids": [G1]})
+    await daemon.json("POST", "/ufmRest/resources/pkeys", 200,
+                      json={"pkey": "0X0A12", "guids": [G2]})  # fmt: skip
+    assert len((await _v1(daemon))["members"]) == 2
+    for path in ("0xa12", "0x0a12", "0xA12", "0X0A12"):
+        found = await daemon.json("GET", f"/ufmRest/resources/pkeys/{path}", 200)
+        assert found["partition"] == "pk_0x0a12"
