@@ -61,8 +61,9 @@ def _check_qos(request: web.Request, qos: Qos) -> None:
         )
 
 
-def _patch(present: frozenset[str], *, ipoib: bool | None = None,
-           settings: GroupSettings | None = None) -> PartitionPatch:  # fmt: skip
+def _patch(
+    present: frozenset[str], *, ipoib: bool | None = None, settings: GroupSettings | None = None
+) -> PartitionPatch:
     return PartitionPatch(
         present=present,
         name=None,
@@ -81,6 +82,8 @@ async def _create(service: PartitionService, draft: PartitionDraft) -> Partition
     except ConflictError as exc:
         if exc.field == "pkey":
             return None
+        if exc.field == "name":  # the name is UFM's partition_name (or the generated one)
+            raise ConflictError(exc.message, "partition_name") from exc
         raise
 
 
@@ -197,7 +200,10 @@ async def create_empty(request: web.Request) -> web.Response:
         defmember=None,
         indx0=new.index0,
     )
-    return _answer(request, await request.app[SERVICE].create_partition(draft), status=201)
+    created = await _create(request.app[SERVICE], draft)
+    if created is None:
+        raise ConflictError(f"PKey {new.pkey} exists already", "pkey")
+    return _answer(request, created, status=201)
 
 
 async def remove_guids(request: web.Request) -> web.Response:
