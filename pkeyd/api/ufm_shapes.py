@@ -150,8 +150,9 @@ class Qos:
             gbps = _number(body["rate_limit"], "rate_limit")
             if gbps not in _RATE_ENUM:
                 shown = ", ".join(f"{g:g}" for g in sorted(_RATE_ENUM))
-                raise ValidationError(f"{gbps:g} Gb/s is not an IB rate; use one of {shown}",
-                                      "rate_limit")  # fmt: skip
+                raise ValidationError(
+                    f"{gbps:g} Gb/s is not an IB rate; use one of {shown}", "rate_limit"
+                )
             rate = _RATE_ENUM[gbps]
         if body.get("service_level") is not None:
             raw = body["service_level"]
@@ -164,9 +165,10 @@ class Qos:
     def present(self) -> frozenset[str]:
         """The GroupSettings fields this request sets."""
         return frozenset(
-            name for name, value in (("mtu", self.mtu), ("rate", self.rate), ("sl", self.sl))
+            name
+            for name, value in (("mtu", self.mtu), ("rate", self.rate), ("sl", self.sl))
             if value is not None
-        )  # fmt: skip
+        )
 
     def settings(self) -> GroupSettings:
         return GroupSettings(mtu=self.mtu, rate=self.rate, sl=self.sl)
@@ -235,9 +237,12 @@ class NewPKey:
         raw_name = body.get("partition_name")
         name = None if raw_name is None else validate_name(raw_name, "partition_name")
         return cls(
-            pkey, name, _bool(body, "index0", False), _bool(body, "ip_over_ib", True),
+            pkey,
+            name,
+            _bool(body, "index0", False),
+            _bool(body, "ip_over_ib", True),
             Qos.parse(body),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -255,8 +260,9 @@ class QosChange:
         pkey = _required_pkey(body)
         qos = Qos.parse(body)
         if not qos.present:
-            raise ValidationError("send at least one of mtu_limit, service_level, rate_limit",
-                                  "mtu_limit")  # fmt: skip
+            raise ValidationError(
+                "send at least one of mtu_limit, service_level, rate_limit", "mtu_limit"
+            )
         return cls(pkey, qos)
 
 
