@@ -25,6 +25,8 @@ from pkeyd.api.keys import (
 from pkeyd.api.middleware import request_context
 from pkeyd.api.openapi import openapi_routes
 from pkeyd.api.routes import routes
+from pkeyd.api.ufm_clock import last_updated_ctx
+from pkeyd.api.ufm_routes import ufm_routes
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.configfile import runtime_update
@@ -68,6 +70,7 @@ def create_app(
     app.add_routes(routes)
     app.add_routes(fabric_routes)
     app.add_routes(openapi_routes)
+    app.add_routes(ufm_routes())
     if open_reader is None and settings.fabric_reader == "smp":
         open_reader = partial(open_smp_source, settings)
     app.cleanup_ctx.append(
@@ -75,6 +78,8 @@ def create_app(
             reloader or reloader_for(settings), open_reader, read_local, notifier, reread_settings
         )
     )
+    # After the lifecycle: it follows the reconciler that one starts.
+    app.cleanup_ctx.append(last_updated_ctx)
     return app
 
 
