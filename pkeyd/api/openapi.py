@@ -12,41 +12,17 @@ from typing import Any
 from aiohttp import web
 
 from pkeyd import __version__
+from pkeyd.api.openapi_parts import NAME, Schema, error, json_content, nullable, obj, ref
+from pkeyd.api.openapi_ufm import SCHEMAS as UFM_SCHEMAS
+from pkeyd.api.openapi_ufm import TAG as UFM_TAG
+from pkeyd.api.openapi_ufm import ufm_paths
 
 openapi_routes = web.RouteTableDef()
-
-Schema = dict[str, Any]
-
-
-def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def nullable(schema: Schema) -> Schema:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def obj(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    """A closed object: pkeyd rejects unknown fields, and answers only these."""
-    schema: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = required
-    return schema
-
 
 PKEY_TEXT = {"type": "string", "pattern": "^0x[0-9a-f]{4}$", "examples": ["0x0a12"]}
 GUID_TEXT = {"type": "string", "pattern": "^0x[0-9a-f]{16}$", "examples": ["0x0002c90300a1b2c3"]}
 MEMBERSHIP = {"type": "string", "enum": ["full", "limited", "both"]}
 KEYWORD = {"type": "string", "enum": ["ALL", "ALL_CAS", "ALL_SWITCHES", "ALL_ROUTERS", "SELF"]}
-# Printable ASCII but OpenSM's separators = , : ; #, no blank at either end,
-# no digit first (OpenSM would read a PKey), and not "Default".
-_NAME_CHAR = '[!-"$-+\\--9<>-~]'
-_NAME_FIRST = '[!-"$-+\\-/<>-~]'
-NAME = {
-    "type": "string",
-    "pattern": f"^(?!Default$){_NAME_FIRST}(?:(?:{_NAME_CHAR}| ){{0,29}}{_NAME_CHAR})?$",
-    "examples": ["tenant-a"],
-}
 _GUID_FORMS = "0[xX][0-9a-fA-F]{16}|[0-9a-fA-F]{16}|[0-9a-fA-F]{4}(?::[0-9a-fA-F]{4}){3}"
 _KEYWORDS = "ALL|ALL_CAS|ALL_SWITCHES|ALL_ROUTERS|SELF"
 
@@ -271,14 +247,6 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def _json(schema: Schema, description: str) -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def error(description: str) -> Schema:
-    return _json(ref("Error"), description)
-
-
 ERRORS = {
     "400": error("the body is not JSON or not an object"),
     "404": error("no such partition or member"),
@@ -333,14 +301,14 @@ WRITE_ERRORS = ("400", "413", "415", "422")
 
 
 def _paths() -> dict[str, Any]:
-    partition = _json(ref("Partition"), "the partition")
+    partition = json_content(ref("Partition"), "the partition")
     return {
         "/api/v1/partitions": {
             "get": {
                 "summary": "All partitions, by PKey",
                 "operationId": "listPartitions",
                 "responses": {
-                    "200": _json(
+                    "200": json_content(
                         obj(
                             {"partitions": {"type": "array", "items": ref("Partition")}},
                             ["partitions"],
@@ -355,7 +323,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": body("PartitionCreate"),
                 "responses": {
                     "201": {
-                        **_json(ref("Partition"), "created"),
+                        **json_content(ref("Partition"), "created"),
                         "headers": {"Location": {"schema": {"type": "string"}}},
                     },
                     **errors(*WRITE_ERRORS, "409"),
@@ -407,7 +375,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Whether the partition reached the ports",
                 "operationId": "getPartitionStatus",
                 "responses": {
-                    "200": _json(ref("PartitionStatus"), "its state on the fabric"),
+                    "200": json_content(ref("PartitionStatus"), "its state on the fabric"),
                     **errors("404", "422", "503"),
                 },
             },
@@ -416,7 +384,9 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "The daemon's state",
                 "operationId": "getStatus",
-                "responses": {"200": _json(ref("Status"), "generations, reloads, verification")},
+                "responses": {
+                    "200": json_content(ref("Status"), "generations, reloads, verification")
+                },
             }
         },
         "/api/v1/reconcile/resume": {
@@ -424,7 +394,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "After an external edit held applying: put pkeyd's file back",
                 "operationId": "resumeReconcile",
                 "responses": {
-                    "200": _json(obj({"held": {"type": "boolean"}}, ["held"]), "resumed")
+                    "200": json_content(obj({"held": {"type": "boolean"}}, ["held"]), "resumed")
                 },
             }
         },
@@ -433,7 +403,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Every difference the last verification found on the ports",
                 "operationId": "listDrift",
                 "responses": {
-                    "200": _json({"type": "array", "items": ref("Drift")}, "drift entries"),
+                    "200": json_content({"type": "array", "items": ref("Drift")}, "drift entries"),
                     **errors("503"),
                 },
             }
@@ -444,7 +414,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "A port's PKey table beside the one asked for",
                 "operationId": "getPort",
                 "responses": {
-                    "200": _json(ref("PortTables"), "the port"),
+                    "200": json_content(ref("PortTables"), "the port"),
                     **errors("404", "422", "503"),
                 },
             },
@@ -453,7 +423,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "This document",
                 "operationId": "getOpenapi",
-                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+                "responses": {"200": json_content({"type": "object"}, "OpenAPI 3.1")},
             }
         },
         "/healthz": {
@@ -461,8 +431,8 @@ def _paths() -> dict[str, Any]:
                 "summary": "Liveness: 503 when a background loop stopped",
                 "operationId": "getHealth",
                 "responses": {
-                    "200": _json(ref("Health"), "ok"),
-                    "503": _json(ref("Health"), "a loop stopped"),
+                    "200": json_content(ref("Health"), "ok"),
+                    "503": json_content(ref("Health"), "a loop stopped"),
                 },
             }
         },
@@ -489,11 +459,17 @@ def openapi_document() -> dict[str, Any]:
             "version": __version__,
             "description": "InfiniBand partitions for OpenSM: desired state, fabric truth.",
         },
-        "paths": _paths(),
-        "components": {"schemas": SCHEMAS},
+        "tags": [
+            {
+                "name": UFM_TAG,
+                "description": "The PKey calls of UFM's REST API (docs/ufm-compat.md)",
+            }
+        ],
+        "paths": {**_paths(), **ufm_paths()},
+        "components": {"schemas": {**SCHEMAS, **UFM_SCHEMAS}},
     }
 
 
 @openapi_routes.get("/api/v1/openapi.json")
-async def openapi_json(request: web.Request) -> web.Response:
+async def openapijson_content(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())

@@ -84,16 +84,16 @@ def parse_guid(raw: object, field: str) -> PortGuid:
 def parse_guid_list(raw: object, field: str = "guids") -> list[PortGuid]:
     if not isinstance(raw, list):
         raise ValidationError("must be a list of GUID strings", field)
-    guids: list[PortGuid] = []
+    seen: dict[PortGuid, int] = {}  # GUID -> its index: lists run to 100,000 GUIDs
     for i, item in enumerate(raw):
         guid = parse_guid(item, f"{field}[{i}]")
-        if guid in guids:
+        if guid in seen:
             raise ValidationError(
-                f"{guid_text(guid)} is listed twice (also at {field}[{guids.index(guid)}])",
+                f"{guid_text(guid)} is listed twice (also at {field}[{seen[guid]}])",
                 f"{field}[{i}]",
             )
-        guids.append(guid)
-    return guids
+        seen[guid] = i
+    return list(seen)
 
 
 def parse_flag(query: Mapping[str, str], name: str) -> bool:

@@ -10,8 +10,8 @@ from pkeyd.api.ufm_clock import LAST_UPDATED, LastUpdated
 from pkeyd.api.ufm_shapes import ufm_time
 from pkeyd.config import Settings
 from pkeyd.fabric.model import FabricError, FabricSnapshot
+from tests.fakesubnet import A, FakeSubnet
 from tests.helpers import Daemon, running_daemon
-from tests.unit.test_verification import A, FakeSubnet
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
