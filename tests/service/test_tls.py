@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
 import ipaddress
 import ssl
 import subprocess
@@ -19,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from pkeyd.admin import open_store
 from pkeyd.auth import Role, TokenService
+from pkeyd.ctl.main import main as ctl_main
 from tests.service.conftest import ChildDaemon
 
 
@@ -90,6 +92,17 @@ async def test_serves_https_with_auth_to_a_verifying_client(
             assert resp.status == 201
         async with http.get(f"{base}/api/v1/partitions/0x0a12", headers=headers) as resp:
             assert (await resp.json())["name"] == "tenant-a"
+    # pkeyctl trusts the certificate given with --cacert.
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["--url", base, "--cacert", str(cert), "--token", token, "list"]
+    code = await asyncio.to_thread(ctl_main, argv, environ={"HOME": "/x"}, out=out, err=err)
+    assert (code, err.getvalue()) == (0, "")
+    assert "tenant-a" in out.getvalue()
+    untrusted = await asyncio.to_thread(
+        ctl_main, argv[:2] + argv[4:], environ={"HOME": "/x"}, out=out, err=err
+    )
+    assert untrusted == 3
+    assert "CERTIFICATE_VERIFY_FAILED" in err.getvalue()
     # A client that does not trust the certificate refuses the server...
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
