@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ import structlog
 from aiohttp import web
 
 from pkeyd import __version__, admin, configfile, logs, notify
-from pkeyd.config import DEFAULT_DB_URL, Settings
+from pkeyd.config import DEFAULT_DB_URL, Settings, is_loopback
 from pkeyd.configfile import DEFAULT_CONFIG_PATH, FIELDS, ConfigError
 from pkeyd.errors import SchemaOutdatedError
 from pkeyd.opensm.check import run_check
+from pkeyd.tls import server_context
+from pkeyd.tokencli import add_token_parser, run_token_command
 
 log = structlog.get_logger("pkeyd.cli")
 
@@ -93,6 +96,13 @@ _SPECS = (
     ("repair_max", "--repair-max", "REPAIR_MAX", "reloads tried per generation on drift", "N"),
     ("mad_timeout_s", "--mad-timeout", "MAD_TIMEOUT", "per SMP attempt", "S"),
     ("mad_retries", "--mad-retries", "MAD_RETRIES", "SMP retries after the first", "N"),
+    ("auth", "--auth", "AUTH", "require API tokens (pkeyd token create)"),
+    ("auth_open_reads", "--auth-open-reads", "AUTH_OPEN_READS", "API reads need no token"),
+    ("auth_metrics", "--auth-metrics", "AUTH_METRICS", "/metrics needs a reader token"),
+    ("auth_cache_s", "--auth-cache", "AUTH_CACHE", "revocations apply within", "S"),
+    ("insecure_no_auth", "--insecure-no-auth", "INSECURE_NO_AUTH", "non-loopback, no auth"),
+    ("tls_cert", "--tls-cert", "TLS_CERT", "PEM certificate chain: serve HTTPS", "PATH"),
+    ("tls_key", "--tls-key", "TLS_KEY", "PEM private key of tls_cert", "PATH"),
 )
 # fmt: on
 DAEMON_OPTIONS = (DB, ALLOW_BOTH, QOS, *(Option(*spec) for spec in _SPECS))
@@ -190,6 +200,7 @@ COMMAND_OPTIONS: dict[str, tuple[Option, ...]] = {
     "import": (DB, ALLOW_BOTH, QOS),
     "check": (ALLOW_BOTH, QOS),
     "demo": (),
+    "token": (DB,),
 }
 
 
@@ -241,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(rend)
     _add(rend, DB)
     rend.add_argument("--output", type=Path, help="write atomically to this file")
+
+    for leaf in add_token_parser(sub):
+        _add_config(leaf)
+        _add(leaf, DB)
 
     demo = sub.add_parser(
         "demo", help="run pkeyd on SQLite against a generated simulated fabric (ibsim + OpenSM)"
@@ -375,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     resolved.db_url, args.file, offline, dry_run=args.dry_run, replace=args.replace
                 )
             )
+        if args.command == "token":
+            return asyncio.run(run_token_command(args, resolved.db_url))
         from pkeyd.demo import run_demo  # imports the simulator only when asked
 
         return asyncio.run(run_demo(args.hcas, args.listen, keep=args.keep))
@@ -420,6 +437,9 @@ def _rereader(
 
 
 def _serve(settings: Settings, resolved: Resolved, reread: Callable[[], Settings]) -> int:
+    tls = server_context(settings)
+    if settings.auth and tls is None and not is_loopback(settings.listen_host):
+        log.warning("tokens_sent_in_clear", hint="set tls_cert and tls_key")
     # sd_notify: read once, and keep children (a reload command) from speaking for us.
     env = notify.NotifyEnv.from_environ(os.environ, os.getpid())
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
@@ -435,13 +455,16 @@ def _serve(settings: Settings, resolved: Resolved, reread: Callable[[], Settings
         watchdog_s=env.watchdog_s,
     )
     try:
-        return asyncio.run(_run_daemon(settings, notifier, reread))
+        return asyncio.run(_run_daemon(settings, notifier, reread, tls))
     finally:
         notifier.close()
 
 
 async def _run_daemon(
-    settings: Settings, notifier: notify.Notifier, reread: Callable[[], Settings]
+    settings: Settings,
+    notifier: notify.Notifier,
+    reread: Callable[[], Settings],
+    tls: ssl.SSLContext | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; then finish in-flight requests (bounded) and stop the loops."""
     from pkeyd.api.app import create_app
@@ -455,14 +478,15 @@ async def _run_daemon(
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()  # the store is open and the loops run
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
             log.error("listen_failed", listen=f"{settings.listen_host}:{settings.listen_port}",
                       error=str(exc))  # fmt: skip
             return 1
-        log.info("pkeyd_listening", listen=f"{settings.listen_host}:{settings.listen_port}")
+        log.info("pkeyd_listening", listen=f"{settings.listen_host}:{settings.listen_port}",
+                 tls=tls is not None, auth=settings.auth)  # fmt: skip
         ready = asyncio.create_task(
             notify.announce_ready(notifier, app[RECONCILER].first_pass_done, app[RECONCILER])
         )

@@ -6,6 +6,7 @@ receives a Settings value.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -63,6 +64,22 @@ class Settings:
     repair_max: int = 3
     mad_timeout_s: float = 0.5
     mad_retries: int = 3
+    # Bearer tokens with roles (pkeyd token create). Off by default so that a
+    # loopback-only daemon on the SM node works before any token exists; a
+    # non-loopback listen_host needs it on (see check_exposure).
+    auth: bool = False
+    # With auth: GET/HEAD of the API without a token.
+    auth_open_reads: bool = False
+    # With auth: /metrics needs a reader token too (else it is open, like /healthz).
+    auth_metrics: bool = False
+    # A token revoked from another process stops working within this time.
+    auth_cache_s: float = 5.0
+    # Serve a non-loopback address without auth: only when something else
+    # (a reverse proxy, a firewall to one host) controls who reaches the API.
+    insecure_no_auth: bool = False
+    # HTTPS: PEM certificate (chain) and its private key; both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         # Messages name the field: a config file key is the field's name.
@@ -117,3 +134,29 @@ class Settings:
                 raise ValueError(f"{name} must not be negative")
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be at least 1")
+        if not self.auth_cache_s > 0:
+            raise ValueError("auth_cache_s must be greater than 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key (PEM files), or neither")
+        check_exposure(self)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`. A name other than localhost is not trusted."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse an API reachable from other hosts that anyone there could use."""
+    if settings.auth or settings.insecure_no_auth or is_loopback(settings.listen_host):
+        return
+    raise ValueError(
+        f"listen_host {settings.listen_host} is reachable from other hosts: set auth = true "
+        "(--auth; create tokens with `pkeyd token create`), or insecure_no_auth = true if "
+        "something else controls who reaches the API"
+    )

@@ -26,6 +26,20 @@ class BadRequestError(PkeydError):
     status = 400
 
 
+class UnauthorizedError(PkeydError):
+    """No credentials, or a token that is unknown or revoked."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class ForbiddenError(PkeydError):
+    """A valid token whose role is below what the call needs."""
+
+    code = "forbidden"
+    status = 403
+
+
 class ValidationError(PkeydError):
     code = "invalid"
     status = 422

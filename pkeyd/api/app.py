@@ -12,7 +12,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pkeyd.api.auth import authenticate, token_routes
 from pkeyd.api.fabric_routes import fabric_routes
 from pkeyd.api.keys import (
     BACKGROUND_TASKS,
@@ -20,6 +22,8 @@ from pkeyd.api.keys import (
     RECONCILER,
     SERVICE,
     SETTINGS,
+    TOKEN_CACHE,
+    TOKEN_SERVICE,
     VERIFIER,
 )
 from pkeyd.api.middleware import request_context
@@ -27,6 +31,7 @@ from pkeyd.api.openapi import openapi_routes
 from pkeyd.api.routes import routes
 from pkeyd.api.ufm_clock import last_updated_ctx
 from pkeyd.api.ufm_routes import ufm_routes
+from pkeyd.auth import TokenCache, TokenService
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.configfile import runtime_update
@@ -64,13 +69,16 @@ def create_app(
     `notifier` talks to systemd (watchdog, STATUS=); `reread_settings` is
     called on SIGHUP and its runtime-changeable values are applied.
     """
-    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[request_context, authenticate], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app.add_routes(routes)
     app.add_routes(fabric_routes)
     app.add_routes(openapi_routes)
     app.add_routes(ufm_routes())
+    app.add_routes(token_routes)
     if open_reader is None and settings.fabric_reader == "smp":
         open_reader = partial(open_smp_source, settings)
     app.cleanup_ctx.append(
@@ -115,6 +123,7 @@ def _lifecycle(
             if notifier is not None and notifier.enabled:
                 feed = heartbeat(notifier, reconciler, tasks, stuck_limit_s=stuck_limit(settings))
                 tasks["watchdog"] = _guarded(feed, "pkeyd-watchdog")
+            await _start_tokens(app, sessions, tasks)
             app[BACKGROUND_TASKS] = tasks
             if reread_settings is not None:
                 on_hup = _settings_reloader(settings, reread_settings, reconciler, app, notifier)
@@ -131,6 +140,23 @@ def _lifecycle(
             await engine.dispose()
 
     return ctx
+
+
+async def _start_tokens(
+    app: web.Application,
+    sessions: async_sessionmaker[AsyncSession],
+    tasks: dict[str, asyncio.Task[None]],
+) -> None:
+    settings = app[SETTINGS]
+    service = TokenService(sessions)
+    cache = TokenCache(service, settings.auth_cache_s)
+    app[TOKEN_CACHE] = cache
+    app[TOKEN_SERVICE] = service
+    if settings.auth:
+        await cache.refresh()  # before the first request: no window where valid tokens fail
+        tasks["tokens"] = _guarded(cache.run(), "pkeyd-tokens")
+        if cache.count == 0:
+            log.warning("auth_without_tokens", hint="pkeyd token create --role admin --name NAME")
 
 
 def _settings_reloader(

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from pkeyd.api.keys import METRICS
+from pkeyd.api.keys import METRICS, SETTINGS
 from pkeyd.errors import PkeydError
 
 log = structlog.get_logger("pkeyd.api")
@@ -80,6 +80,13 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
         if exc.status >= 500:
             log.error("request_failed", code=exc.code, error=exc.message)
         return web.json_response(exc.to_json(), status=exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        return _error(
+            413,
+            "too_large",
+            f"the request body is over max_body_bytes ({limit} bytes); send less per request",
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,0 +1,1 @@
+"""pkeyctl: the operators' command line over pkeyd's REST API."""
