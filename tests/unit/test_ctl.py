@@ -139,7 +139,7 @@ async def test_drift_without_verification_is_a_clear_refusal(daemon: Daemon) -> 
     run = await pkeyctl(url_of(daemon.client), "drift")
     assert run.code == 1
     assert "503" in run.err
-    assert "fabric_reader=off" in run.err
+    assert "fabric_reader = off" in run.err
 
 
 @pytest.fixture
