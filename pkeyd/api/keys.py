@@ -25,9 +25,8 @@ TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
 
 # Who made a request, for the audit trail: the auth middleware stores the
 # token's name under this request key; without auth it is "anonymous".
-ACTOR = "pkeyd.actor"
+ACTOR = web.RequestKey("actor", str)
 
 
 def actor_of(request: web.Request) -> str:
-    value = request.get(ACTOR)
-    return value if isinstance(value, str) else "anonymous"
+    return request.get(ACTOR, "anonymous")
