@@ -29,4 +29,5 @@ ACTOR = web.RequestKey("actor", str)
 
 
 def actor_of(request: web.Request) -> str:
-    return request.get(ACTOR, "anonymous")
+    actor: str = request.get(ACTOR, "anonymous")
+    return actor
