@@ -38,6 +38,7 @@ bench: install
 	$(VENV)/bin/python -m bench.verify_fabric
 	$(VENV)/bin/python -m bench.render_large
 	$(VENV)/bin/python -m bench.ufm_last_updated
+	$(VENV)/bin/python -m bench.auth_overhead
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

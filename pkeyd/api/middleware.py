@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from pkeyd.api.keys import METRICS, SETTINGS
+from pkeyd.api.keys import ACTOR, METRICS, SETTINGS
 from pkeyd.errors import PkeydError
 
 log = structlog.get_logger("pkeyd.api")
@@ -68,6 +68,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 route=route,
                 status=status,
                 duration_s=round(elapsed, 6),
+                # Who, when auth identified the caller (the token's name).
+                **({"actor": request[ACTOR]} if ACTOR in request else {}),
             )
     response.headers["X-Request-Id"] = request_id
     return response

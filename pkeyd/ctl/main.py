@@ -119,6 +119,26 @@ def cmd_restore(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
     return answer, f"restored revision {args.id}\n" + shown
 
 
+def cmd_tokens(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
+    """Token management over the API (admin role; `pkeyd token` does it on the store)."""
+    if args.action == "create":
+        if args.name is None or args.role is None:
+            raise CtlConfigError("tokens create needs NAME and --role")
+        answer = api.call("POST", "/api/v1/tokens", {"name": args.name, "role": args.role})
+        text = (
+            f"Created token {answer['name']!r} with role {answer['role']}. "
+            "Copy it now: pkeyd keeps only its hash.\n" + answer["token"] + "\n"
+        )
+        return answer, text
+    if args.action == "revoke":
+        if args.name is None:
+            raise CtlConfigError("tokens revoke needs NAME")
+        answer = api.call("DELETE", f"/api/v1/tokens/{segment(args.name)}")
+        return answer, f"token {args.name!r} revoked at {answer['revoked_at']}\n"
+    answer = api.call("GET", "/api/v1/tokens")
+    return answer, show.generic_table(answer["tokens"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
@@ -170,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     revisions = command("revisions", cmd_revisions, "the desired state's history, or one entry")
     revisions.add_argument("id", nargs="?")
     command("restore", cmd_restore, "make a revision the desired state again").add_argument("id")
+    tokens = command("tokens", cmd_tokens, "list, create or revoke API tokens (admin)")
+    tokens.add_argument("action", choices=["list", "create", "revoke"])
+    tokens.add_argument("name", nargs="?")
+    tokens.add_argument("--role", choices=["reader", "operator", "admin"])
     return parser
 
 

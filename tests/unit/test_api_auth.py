@@ -6,6 +6,8 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import io
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from pkeyd import logs
 from pkeyd.admin import open_store
 from pkeyd.api.app import create_app
 from pkeyd.api.keys import actor_of
@@ -295,3 +298,22 @@ async def test_body_over_the_limit_names_max_body_bytes_and_stores_nothing(
         assert err["error"]["code"] == "too_large"
         assert "max_body_bytes (2048 bytes)" in err["error"]["message"]
         await d.json("GET", "/api/v1/partitions/0x0b00", 404)
+
+
+async def test_request_log_lines_carry_the_actor(guarded: Daemon, tokens: dict[Role, str]) -> None:
+    reader = bearer(tokens[Role.READER])
+    stream = io.StringIO()
+    logs.configure("info", json=True, stream=stream)
+    try:
+        await guarded.json("GET", "/api/v1/partitions", 200, headers=reader)
+        await guarded.json("DELETE", "/api/v1/partitions/0x0a12", 403, headers=reader)
+    finally:
+        logs.reset()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    served = [x for x in lines if x["event"] == "http_request"]
+    assert [(x["status"], x.get("actor")) for x in served] == [(200, "reader-1"), (403, None)]
+    (forbidden,) = [x for x in lines if x["event"] == "auth_forbidden"]
+    assert (forbidden["actor"], forbidden["role"], forbidden["needs"]) == (
+        "reader-1", "reader", "operator",
+    )  # fmt: skip
+    assert tokens[Role.READER] not in stream.getvalue()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import sqlite3
@@ -10,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pkeyd.admin import open_store
@@ -211,3 +214,37 @@ async def test_revoke_elsewhere_applies_at_the_next_refresh(
     assert await cache.lookup(secret) is not None  # cached until the refresh
     await cache.refresh()
     assert await cache.lookup(secret) is None
+
+
+class FailingAfterFirst(TokenService):
+    """Loads once, then the store is gone: every later reload fails."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__(sessions)
+        self.loads = 0
+        self.failed = asyncio.Event()
+
+    async def valid_tokens(self) -> dict[str, Identity]:
+        self.loads += 1
+        if self.loads > 1:
+            self.failed.set()
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return await super().valid_tokens()
+
+
+async def test_a_failed_reload_keeps_the_last_known_tokens(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    service = FailingAfterFirst(sessions)
+    _, secret = await service.create("ci", Role.READER)
+    cache = TokenCache(service, refresh_s=0.01)
+    await cache.refresh()
+    loop = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(service.failed.wait(), 10)
+        assert not loop.done()  # the loop lives on
+        assert await cache.lookup(secret) == Identity("ci", Role.READER)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop

@@ -254,3 +254,29 @@ async def test_unreachable_exits_3() -> None:
     run = await pkeyctl("http://127.0.0.1:9", "list")
     assert run.code == 3
     assert run.err.startswith("pkeyctl: cannot reach pkeyd at http://127.0.0.1:9")
+
+
+async def test_tokens_over_the_api_need_admin(
+    settings: Settings, reloader: CountingReloader
+) -> None:
+    with_auth = dataclasses.replace(settings, auth=True)
+    async with open_store(with_auth.db_url) as sessions:
+        _, admin = await TokenService(sessions).create("root", Role.ADMIN)
+        _, operator = await TokenService(sessions).create("ops", Role.OPERATOR)
+    async with running_daemon(with_auth, reloader) as d:
+        url = url_of(d.client)
+        made = await pkeyctl(url, "--token", admin, "tokens", "create", "ci", "--role", "reader")
+        assert made.code == 0, made.err
+        secret = made.out.splitlines()[-1]
+        assert secret.startswith("pkeyd_")
+        assert (await pkeyctl(url, "--token", secret, "list")).code == 0
+        listed = await pkeyctl(url, "--token", admin, "tokens", "list")
+        assert [line.split()[:2] for line in listed.out.splitlines()] == [
+            ["NAME", "ROLE"], ["ci", "reader"], ["ops", "operator"], ["root", "admin"],
+        ]  # fmt: skip
+        denied = await pkeyctl(url, "--token", operator, "tokens", "list")
+        assert denied.code == 1
+        assert denied.err.startswith("pkeyctl: 403 forbidden: this call needs role admin")
+        assert (await pkeyctl(url, "--token", admin, "tokens", "revoke", "ci")).code == 0
+        assert (await pkeyctl(url, "--token", secret, "list")).code == 1
+        assert (await pkeyctl(url, "--token", admin, "tokens", "create", "x")).code == 2
