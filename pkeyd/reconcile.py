@@ -164,8 +164,12 @@ class Reconciler:
                 self._pass_started = None
 
     async def _wait_for_work(self) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+        # cancellation that arrives as the event is set (a commit just before
+        # SIGTERM), and the loop would then never stop.
         try:
-            await asyncio.wait_for(self._wake.wait(), self._settings.resync_interval_s)
+            async with asyncio.timeout(self._settings.resync_interval_s):
+                await self._wake.wait()
         except TimeoutError:
             return  # periodic resync
         # Debounce: wait until commits pause for coalesce_delay_s (but no longer

@@ -115,8 +115,10 @@ class Verifier:
     async def run(self) -> None:
         try:
             while True:
+                # asyncio.timeout, not wait_for: see Reconciler._wait_for_work.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.verify_interval_s)
+                    async with asyncio.timeout(self._settings.verify_interval_s):
+                        await self._wake.wait()
                 self._wake.clear()
                 await self._pass()
         finally:
