@@ -12,9 +12,9 @@ import dataclasses
 
 from pkeyd.api.keys import BACKGROUND_TASKS, RECONCILER, VERIFIER
 from pkeyd.config import Settings
+from tests.fakesubnet import FakeSubnet
 from tests.helpers import running_daemon
 from tests.unit.conftest import CountingReloader
-from tests.unit.test_verification import FakeSubnet
 
 
 async def test_reconcile_loop_stops_when_woken_and_cancelled_together(
