@@ -182,3 +182,21 @@ def parse_member_change(body: Mapping[str, Any]) -> tuple[list[MemberSpec], list
         _list(body, "keywords", "{keyword, membership} objects"), "keywords", keywords=True
     )
     return members, keywords
+
+
+def parse_member_removal(body: Mapping[str, Any]) -> tuple[list[PortGuid | str], bool]:
+    """`{"guids": [...], "keywords": [...], "missing_ok": false}`: what to remove."""
+    reject_unknown(body, {"guids", "keywords", "missing_ok"})
+    if "guids" not in body and "keywords" not in body:
+        raise ValidationError("is required (or keywords)", "guids")
+    targets: list[PortGuid | str] = []
+    seen: dict[object, str] = {}
+    for name, parse in (("guids", PortGuid.parse), ("keywords", parse_keyword)):
+        for i, raw in enumerate(_list(body, name, "strings")):
+            where = f"{name}[{i}]"
+            target = parse(raw, where)
+            if target in seen:
+                raise ValidationError(f"{target} is listed twice (also at {seen[target]})", where)
+            seen[target] = where
+            targets.append(target)
+    return targets, _bool(body, "missing_ok", False)

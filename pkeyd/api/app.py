@@ -13,9 +13,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from pkeyd.api.bodies import PartitionBodies
 from pkeyd.api.fabric_routes import fabric_routes
+from pkeyd.api.history_routes import history_routes
 from pkeyd.api.keys import (
     BACKGROUND_TASKS,
+    BODIES,
     METRICS,
     RECONCILER,
     SERVICE,
@@ -23,6 +26,7 @@ from pkeyd.api.keys import (
     VERIFIER,
 )
 from pkeyd.api.middleware import request_context
+from pkeyd.api.query_routes import query_routes
 from pkeyd.api.routes import routes
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
@@ -64,7 +68,10 @@ def create_app(
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
+    app[BODIES] = PartitionBodies()
     app.add_routes(routes)
+    app.add_routes(query_routes)
+    app.add_routes(history_routes)
     app.add_routes(fabric_routes)
     if open_reader is None and settings.fabric_reader == "smp":
         open_reader = partial(open_smp_source, settings)
@@ -96,7 +103,9 @@ def _lifecycle(
                 settings, partial(load_desired_state, sessions), reloader, metrics
             )
             app[RECONCILER] = reconciler
-            app[SERVICE] = PartitionService(sessions, settings, reconciler.committed, capacity)
+            service = PartitionService(sessions, settings, reconciler.committed, capacity)
+            app[SERVICE] = service
+            tasks["cache"] = _guarded(service.keep_cache_fresh(), "pkeyd-cache")
             app[VERIFIER] = None
             if open_reader is not None:
                 verifier = Verifier(
@@ -121,6 +130,8 @@ def _lifecycle(
             for task in tasks.values():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if SERVICE in app:
+                await app[SERVICE].aclose()
             await engine.dispose()
 
     return ctx

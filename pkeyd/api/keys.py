@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from pkeyd.api.bodies import PartitionBodies
 from pkeyd.config import Settings
 from pkeyd.metrics import Metrics
 from pkeyd.reconcile import Reconciler
@@ -17,6 +18,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SERVICE = web.AppKey("service", PartitionService)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 VERIFIER: web.AppKey[Verifier | None] = web.AppKey("verifier")
+BODIES = web.AppKey("bodies", PartitionBodies)
 BACKGROUND_TASKS = web.AppKey("background_tasks", dict[str, asyncio.Task[None]])
 
 

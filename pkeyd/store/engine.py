@@ -48,6 +48,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    # The driver would open transactions lazily, before the first write only,
+    # which breaks SAVEPOINTs and makes reads see no snapshot; pkeyd emits
+    # BEGIN itself (below) instead.
+    dbapi_conn.isolation_level = None
+
+
+# A connection given this execution option opens a write transaction. SQLite
+# then takes the write lock at BEGIN (IMMEDIATE), so the generation read first
+# cannot be overtaken by another process before the commit.
+WRITE_TRANSACTION = "pkeyd_write_transaction"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get(WRITE_TRANSACTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -57,6 +72,7 @@ def make_engine(url: str) -> AsyncEngine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
 

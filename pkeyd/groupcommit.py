@@ -1,0 +1,178 @@
+"""Group commit: concurrent writes share one transaction and one durable commit.
+
+A durable commit costs an fsync (about 0.6 ms on a plain disk). Writes that
+arrive while one commit is under way wait in a queue; the next transaction
+takes all of them, each in its own SAVEPOINT, so that one write failing (a
+404, 409, 412...) rolls back only itself. Every caller is answered after the
+commit that holds its write, with its own result or error. Generations are
+handed out one per changing write, in queue order, and written once per
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pkeyd.domain import Partition
+from pkeyd.store.engine import WRITE_TRANSACTION
+from pkeyd.store.models import StateRow
+from pkeyd.store.repository import Repository
+
+T = TypeVar("T")
+log = structlog.get_logger("pkeyd.groupcommit")
+
+# Writes per transaction: bounds how long the first of them waits for its answer.
+MAX_BATCH = 256
+
+
+@dataclass
+class Tx:
+    """What one write sees: its session (inside its savepoint) and its generation."""
+
+    session: AsyncSession
+    repo: Repository
+    now: datetime
+    base: int  # the generation committed before this write
+    # Partitions as this write leaves them (None: deleted), for the read cache.
+    updates: dict[int, Partition | None] = field(default_factory=dict)
+    claimed: bool = False
+    overlay: dict[int, Partition | None] = field(default_factory=dict)
+
+    def generation(self) -> int:
+        """The generation of this write's change (the same on every call)."""
+        self.claimed = True
+        return self.base + 1
+
+    def known(self, pkey: int) -> tuple[bool, Partition | None]:
+        """A partition as an earlier write of this transaction left it, if one did."""
+        if pkey in self.overlay:
+            return True, self.overlay[pkey]
+        return False, None
+
+
+Op = Callable[[Tx], Awaitable[T]]
+
+
+@dataclass
+class _Item(Generic[T]):
+    op: Op[T]
+    keep: bool  # False: a dry run, always rolled back
+    future: asyncio.Future[T]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a transaction changed, for the read cache: generations and partitions."""
+
+    first_base: int
+    last_generation: int
+    updates: dict[int, Partition | None]
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        on_commit: Callable[[Committed], None],
+        map_error: Callable[[IntegrityError], Exception],
+    ) -> None:
+        self._sessions = sessions
+        self._on_commit = on_commit
+        self._map_error = map_error
+        self._queue: list[_Item[Any]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def run(self, op: Op[T], *, keep: bool = True) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(op, keep, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="pkeyd-group-commit")
+        return await future
+
+    async def aclose(self) -> None:
+        """Finish the writes already queued (called when the daemon stops)."""
+        if self._drainer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                await self._commit(batch)
+            except BaseException as exc:
+                # The commit failed or was cancelled: nothing of the batch
+                # is stored, so every writer in it gets the error.
+                error = self._map_error(exc) if isinstance(exc, IntegrityError) else exc
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    for item in self._queue:
+                        item.future.cancel()
+                    self._queue = []
+                    raise
+                log.error("group_commit_failed", writes=len(batch), error=repr(exc))
+
+    async def _commit(self, batch: list[_Item[Any]]) -> None:
+        results: list[tuple[_Item[Any], bool, Any]] = []
+        overlay: dict[int, Partition | None] = {}
+        async with self._sessions() as session, session.begin():
+            await session.connection(execution_options={WRITE_TRANSACTION: True})
+            first = base = await _locked_generation(session)
+            for item in batch:
+                tx = Tx(session, Repository(session), datetime.now(UTC), base, overlay=overlay)
+                ok, value = await self._one(session, item, tx)
+                if ok and item.keep:
+                    if tx.claimed:
+                        base += 1
+                    overlay.update(tx.updates)
+                results.append((item, ok, value))
+                # Each write reads afresh: no ORM object outlives its savepoint.
+                session.expunge_all()
+            if base != first:
+                await session.execute(
+                    update(StateRow).where(StateRow.id == 1).values(desired_generation=base)
+                )
+        if base != first or overlay:
+            self._on_commit(Committed(first, base, overlay))
+        for item, ok, value in results:
+            if item.future.done():  # the caller went away
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    async def _one(self, session: AsyncSession, item: _Item[Any], tx: Tx) -> tuple[bool, Any]:
+        savepoint = await session.begin_nested()
+        try:
+            value = await item.op(tx)
+            if item.keep:
+                await savepoint.commit()
+            else:
+                await savepoint.rollback()
+            return True, value
+        except Exception as exc:
+            if savepoint.is_active:
+                await savepoint.rollback()
+            return False, self._map_error(exc) if isinstance(exc, IntegrityError) else exc
+
+
+async def _locked_generation(session: AsyncSession) -> int:
+    # FOR UPDATE serialises writers of other processes on a shared server
+    # database; SQLite's BEGIN IMMEDIATE has already taken the write lock.
+    value = await session.scalar(
+        select(StateRow.desired_generation).where(StateRow.id == 1).with_for_update()
+    )
+    return int(value or 0)
