@@ -37,6 +37,7 @@ bench: install
 	$(VENV)/bin/python -m bench.apply_latency
 	$(VENV)/bin/python -m bench.verify_fabric
 	$(VENV)/bin/python -m bench.render_large
+	$(VENV)/bin/python -m bench.api_throughput
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

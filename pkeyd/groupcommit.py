@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import select, update
@@ -61,6 +61,31 @@ class Tx:
 
 
 Op = Callable[[Tx], Awaitable[T]]
+
+
+class Lane(Protocol):
+    """Runs neighbouring writes of one kind together, with set-based statements.
+
+    Answers each write's (ok, result or error) and the generation reached,
+    having put what it changed in tx.updates; or None to have each write
+    run alone after all. It runs inside a savepoint of its own.
+    """
+
+    async def run_group(
+        self, tx: Tx, payloads: list[Any]
+    ) -> tuple[list[tuple[bool, Any]], int] | None: ...
+
+
+@dataclass(frozen=True)
+class LaneOp(Generic[T]):
+    """A write that may run in a lane with its neighbours; `op` runs it alone."""
+
+    op: Op[T]
+    lane: Lane
+    payload: Any
+
+    async def __call__(self, tx: Tx) -> T:
+        return await self.op(tx)
 
 
 @dataclass
@@ -130,16 +155,32 @@ class GroupCommitter:
         async with self._sessions() as session, session.begin():
             await session.connection(execution_options={WRITE_TRANSACTION: True})
             first = base = await _locked_generation(session)
-            for item in batch:
-                tx = Tx(session, Repository(session), datetime.now(UTC), base, overlay=overlay)
-                ok, value = await self._one(session, item, tx)
-                if ok and item.keep:
-                    if tx.claimed:
-                        base += 1
-                    overlay.update(tx.updates)
-                results.append((item, ok, value))
-                # Each write reads afresh: no ORM object outlives its savepoint.
-                session.expunge_all()
+            i = 0
+            while i < len(batch):
+                group = _lane_group(batch, i)
+                if group:
+                    tx = Tx(session, Repository(session), datetime.now(UTC), base, overlay=overlay)
+                    done = await self._lane(session, group, tx)
+                    if done is not None:
+                        outcomes, base = done
+                        overlay.update(tx.updates)
+                        results.extend(
+                            (item, ok, value)
+                            for item, (ok, value) in zip(group, outcomes, strict=True)
+                        )
+                        i += len(group)
+                        continue
+                for item in group or [batch[i]]:
+                    tx = Tx(session, Repository(session), datetime.now(UTC), base, overlay=overlay)
+                    ok, value = await self._one(session, item, tx)
+                    if ok and item.keep:
+                        if tx.claimed:
+                            base += 1
+                        overlay.update(tx.updates)
+                    results.append((item, ok, value))
+                    # Each write reads afresh: no ORM object outlives its savepoint.
+                    session.expunge_all()
+                i += len(group) or 1
             if base != first:
                 await session.execute(
                     update(StateRow).where(StateRow.id == 1).values(desired_generation=base)
@@ -154,6 +195,27 @@ class GroupCommitter:
             else:
                 item.future.set_exception(value)
 
+    async def _lane(
+        self, session: AsyncSession, group: list[_Item[Any]], tx: Tx
+    ) -> tuple[list[tuple[bool, Any]], int] | None:
+        ops = [item.op for item in group if isinstance(item.op, LaneOp)]
+        savepoint = await session.begin_nested()
+        done: tuple[list[tuple[bool, Any]], int] | None
+        try:
+            done = await ops[0].lane.run_group(tx, [op.payload for op in ops])
+        except Exception as exc:
+            # Each write then runs alone, so that the one at fault fails by itself.
+            log.warning("write_lane_failed", writes=len(group), error=repr(exc))
+            done = None
+        if done is None:
+            if savepoint.is_active:
+                await savepoint.rollback()
+            tx.updates.clear()
+        else:
+            await savepoint.commit()
+        session.expunge_all()
+        return done
+
     async def _one(self, session: AsyncSession, item: _Item[Any], tx: Tx) -> tuple[bool, Any]:
         savepoint = await session.begin_nested()
         try:
@@ -167,6 +229,20 @@ class GroupCommitter:
             if savepoint.is_active:
                 await savepoint.rollback()
             return False, self._map_error(exc) if isinstance(exc, IntegrityError) else exc
+
+
+def _lane_group(batch: list[_Item[Any]], start: int) -> list[_Item[Any]]:
+    """The writes from `start` on that share its lane (none if it has none)."""
+    first = batch[start]
+    if not isinstance(first.op, LaneOp) or not first.keep:
+        return []
+    end = start + 1
+    while end < len(batch):
+        item = batch[end]
+        if not (isinstance(item.op, LaneOp) and item.op.lane is first.op.lane and item.keep):
+            break
+        end += 1
+    return batch[start:end]
 
 
 async def _locked_generation(session: AsyncSession) -> int:

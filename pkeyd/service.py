@@ -24,12 +24,22 @@ from pkeyd import history
 from pkeyd.cache import PartitionCache
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
-from pkeyd.domain import DesiredState, KeywordMember, Member, Membership, Partition, PKey, PortGuid
+from pkeyd.domain import (
+    KEYWORDS,
+    DesiredState,
+    KeywordMember,
+    Member,
+    Membership,
+    Partition,
+    PKey,
+    PortGuid,
+)
 from pkeyd.drafts import MemberSpec, PartitionDraft, PartitionPatch
 from pkeyd.errors import ConflictError, NotFoundError, ValidationError
-from pkeyd.groupcommit import Committed, GroupCommitter, Op, Tx
+from pkeyd.groupcommit import Committed, GroupCommitter, LaneOp, Op, Tx
 from pkeyd.groups import GroupSettings, McastGroup
 from pkeyd.history import MemberChange, MemberState, PartitionDelta
+from pkeyd.member_lane import MemberLane, MemberRequest
 from pkeyd.revisions import rendered_diff
 from pkeyd.store import journal
 from pkeyd.store import members as member_rows
@@ -68,6 +78,9 @@ class PartitionService:
         self._capacity = capacity or CapacityGuard(settings.default_partition_cap)
         self.cache = PartitionCache()
         self._committer = GroupCommitter(sessions, self._committed, _conflict)
+        self._lane = MemberLane(
+            lambda head, specs: self._wanted(head, specs, ()), self._prior, self._capacity
+        )
         self._last_purge = datetime.min.replace(tzinfo=UTC)
 
     def _committed(self, committed: Committed) -> None:
@@ -437,7 +450,10 @@ class PartitionService:
                 MemberChange(t, current.get(t), s) for t, s in wanted.items() if current.get(t) != s
             ]
 
-        return self._member_op(pkey, "add_members", plan, opts)
+        op = self._member_op(pkey, "add_members", plan, opts)
+        if keyword_specs:
+            return op
+        return LaneOp(op, self._lane, MemberRequest(pkey, "add", opts, members=member_specs))
 
     def replace_members_op(
         self,
@@ -487,7 +503,13 @@ class PartitionService:
                 raise NotFoundError(f"not members of {pkey}: {shown}", field)
             return [MemberChange(t, current[t], None) for t in wanted if t in current]
 
-        return self._member_op(pkey, "remove_members", plan, opts)
+        op = self._member_op(pkey, "remove_members", plan, opts)
+        if any(t in KEYWORDS for t in wanted):
+            return op
+        request = MemberRequest(
+            pkey, "remove", opts, targets=wanted, missing_ok=missing_ok, field=field
+        )
+        return LaneOp(op, self._lane, request)
 
     # -- the same use-cases, committed with default options ------------------
 
