@@ -20,7 +20,6 @@ import contextlib
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -99,8 +98,11 @@ def _report(label: str, wall: float, latencies: list[float], target_rate: float)
     p50, p99 = _quantile(latencies, 0.50) * 1000, _quantile(latencies, 0.99) * 1000
     rate_ok = "met" if rate >= target_rate else "MISSED"
     p99_ok = "met" if p99 < 50 else "MISSED"
-    print(f"  {label}: {len(latencies)} in {wall:.2f} s = {rate:,.0f}/s ({rate_ok}, >= "
-          f"{target_rate:,.0f}/s); p50 {p50:.1f} ms, p99 {p99:.1f} ms ({p99_ok}, < 50 ms)")  # fmt: skip
+    print(
+        f"  {label}: {len(latencies)} in {wall:.2f} s = {rate:,.0f}/s "
+        f"({rate_ok}, >= {target_rate:,.0f}/s); "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({p99_ok}, < 50 ms)"
+    )
 
 
 async def bench(writes: int, reads: int) -> None:
