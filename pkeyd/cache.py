@@ -62,18 +62,22 @@ class PartitionCache:
             self.synced_generation = last_generation
 
     def resync(self, generation: int, stored: Iterable[tuple[int, int]]) -> int:
-        """After a scan of (pkey, generation) at `generation`: drop what differs.
+        """After a scan of (pkey, generation) made at global `generation`: drop what differs.
 
-        Returns how many entries were dropped.
+        An entry newer than the scan is this process's own commit, made
+        while the scan ran: it is kept. Returns how many entries were dropped.
         """
         current = dict(stored)
         stale = [
-            pkey for pkey, entry in self._entries.items() if current.get(pkey) != entry.generation
+            pkey
+            for pkey, entry in self._entries.items()
+            if entry.generation <= generation and current.get(pkey) != entry.generation
         ]
         for pkey in stale:
             del self._entries[pkey]
         self._epoch += 1
-        self.synced_generation = generation
+        if self.synced_generation is None or self.synced_generation < generation:
+            self.synced_generation = generation
         return len(stale)
 
     def clear(self) -> None:

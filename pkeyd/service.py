@@ -11,9 +11,8 @@ still enforces unique PKeys and names, for writers in other processes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import select
@@ -25,7 +24,6 @@ from pkeyd.cache import PartitionCache
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.domain import (
-    KEYWORDS,
     DesiredState,
     KeywordMember,
     Member,
@@ -36,32 +34,27 @@ from pkeyd.domain import (
 )
 from pkeyd.drafts import MemberSpec, PartitionDraft, PartitionPatch
 from pkeyd.errors import ConflictError, NotFoundError, ValidationError
-from pkeyd.groupcommit import Committed, GroupCommitter, LaneOp, Op, Tx
+from pkeyd.groupcommit import Committed, GroupCommitter, Op, Tx
 from pkeyd.groups import GroupSettings, McastGroup
-from pkeyd.history import MemberChange, MemberState, PartitionDelta
-from pkeyd.member_lane import MemberLane, MemberRequest
+from pkeyd.history import MemberState, PartitionDelta
+from pkeyd.member_writes import MemberWrites
+from pkeyd.restore import replace_all_op, restore_op
 from pkeyd.revisions import rendered_diff
 from pkeyd.store import journal
 from pkeyd.store import members as member_rows
 from pkeyd.store.listing import PartitionFilter, partition_page, port_partitions
 from pkeyd.store.models import PartitionRow
 from pkeyd.store.repository import Repository, to_domain
+from pkeyd.write_modes import Idempotency, dry, record
 from pkeyd.writes import (
-    Answer,
+    NO_OPTIONS,
     DryRun,
     Outcome,
     WriteOptions,
     check_match,
-    dry_run,
 )
 
 log = structlog.get_logger("pkeyd.service")
-
-NO_OPTIONS = WriteOptions()
-# Expired Idempotency-Keys are purged at most this often.
-_PURGE_EVERY = timedelta(minutes=1)
-# Plans a member write: the changes to make, given the partition's head.
-MemberPlan = Callable[[Tx, member_rows.Head], Awaitable[list[MemberChange]]]
 
 
 class PartitionService:
@@ -78,10 +71,8 @@ class PartitionService:
         self._capacity = capacity or CapacityGuard(settings.default_partition_cap)
         self.cache = PartitionCache()
         self._committer = GroupCommitter(sessions, self._committed, _conflict)
-        self._lane = MemberLane(
-            lambda head, specs: self._wanted(head, specs, ()), self._prior, self._capacity
-        )
-        self._last_purge = datetime.min.replace(tzinfo=UTC)
+        self._idempotency = Idempotency(settings.idempotency_ttl_s)
+        self.members = MemberWrites(self._wanted, self._prior, self._capacity)
 
     def _committed(self, committed: Committed) -> None:
         self.cache.committed(committed.first_base, committed.last_generation, committed.updates)
@@ -163,108 +154,11 @@ class PartitionService:
     async def execute(self, op: Op[object], opts: WriteOptions) -> Outcome[object]:
         """Run a write as asked: committed, replayed from its Idempotency-Key, or dry."""
         if opts.dry_run:
-            report: DryRun[object] = await self._committer.run(self._dry(op), keep=False)
+            report: DryRun[object] = await self._committer.run(dry(op), keep=False)
             return Outcome("dry_run", report=report)
         if opts.idempotency is not None:
-            return await self._committer.run(self._idempotent(op, opts))
+            return await self._committer.run(self._idempotency.wrap(op, opts))
         return Outcome("done", result=await self._committer.run(op))
-
-    @staticmethod
-    def _dry(op: Op[object]) -> Op[DryRun[object]]:
-        async def run(tx: Tx) -> DryRun[object]:
-            before = await tx.repo.desired_state()
-            result = await op(tx)
-            await tx.session.flush()
-            tx.session.expunge_all()  # member writes bypass the ORM: read afresh
-            after = await tx.repo.desired_state()
-            return dry_run(
-                result,
-                DesiredState(tx.base, before.partitions),
-                DesiredState(tx.base + int(tx.claimed), after.partitions),
-            )
-
-        return run
-
-    def _idempotent(self, op: Op[object], opts: WriteOptions) -> Op[Outcome[object]]:
-        request = opts.idempotency
-        assert request is not None
-
-        async def run(tx: Tx) -> Outcome[object]:
-            session = tx.session
-            if tx.now - self._last_purge > _PURGE_EVERY:
-                self._last_purge = tx.now
-                await journal.purge_answers(session, self._expiry(tx.now))
-            replayed = await self._replay(tx, opts.actor, request.key, request.request_hash)
-            if replayed is not None:
-                return replayed
-            try:
-                async with session.begin_nested():
-                    result = await op(tx)
-                    answer = request.answer(result)
-                    await journal.store_answer(
-                        session,
-                        actor=opts.actor,
-                        key=request.key,
-                        request_hash=request.request_hash,
-                        status=answer.status,
-                        body=answer.body,
-                        headers=answer.headers,
-                        now=tx.now,
-                    )
-            except IntegrityError:
-                # Another process stored this key first: its change stands.
-                replayed = await self._replay(tx, opts.actor, request.key, request.request_hash)
-                if replayed is None:
-                    raise
-                tx.claimed = False
-                tx.updates.clear()
-                return replayed
-            return Outcome("done", result=result)
-
-        return run
-
-    def _expiry(self, now: datetime) -> datetime:
-        return now - timedelta(seconds=self._settings.idempotency_ttl_s)
-
-    async def _replay(
-        self, tx: Tx, actor: str, key: str, request_hash: str
-    ) -> Outcome[object] | None:
-        stored = await journal.find_answer(tx.session, actor, key)
-        if stored is None:
-            return None
-        created = stored.created_at
-        if created.tzinfo is None:  # SQLite hands back naive UTC
-            created = created.replace(tzinfo=UTC)
-        if created < self._expiry(tx.now):
-            await journal.forget_answer(tx.session, actor, key)
-            return None
-        if stored.request_hash != request_hash:
-            raise ValidationError(
-                "this key was sent before with a different request; use a new key",
-                "Idempotency-Key",
-            )
-        headers = {**stored.headers, "Idempotent-Replayed": "true"}
-        return Outcome("replay", replay=Answer(stored.status, stored.body, headers))
-
-    async def _record(
-        self,
-        tx: Tx,
-        opts: WriteOptions,
-        action: str,
-        deltas: Sequence[PartitionDelta],
-        restored: int | None = None,
-    ) -> int:
-        generation = tx.generation()
-        await journal.add_revision(
-            tx.session,
-            generation=generation,
-            at=tx.now,
-            actor=opts.actor,
-            action=action,
-            deltas=deltas,
-            restored=restored,
-        )
-        return generation
 
     def _prior(self, tx: Tx, pkey: PKey, generation: int) -> Partition | None:
         """The partition at this generation without a load: from this batch or the cache."""
@@ -310,7 +204,7 @@ class PartitionService:
             )
             await self._capacity.check(repo, partition.pkey, members, keywords)
             row = await repo.add_partition(partition, tx.now)
-            generation = await self._record(tx, opts, "create", [_delta(None, partition)])
+            generation = await record(tx, opts, "create", [_delta(None, partition)])
             row.generation = generation
             await tx.session.flush()
             created = replace(partition, generation=generation)
@@ -361,7 +255,7 @@ class PartitionService:
             repo.set_fields(row, changed, tx.now)
             if changed.mgroups != current.mgroups:
                 await repo.replace_mgroups(row, changed.mgroups)
-            generation = await self._record(tx, opts, "update", [_delta(current, changed)])
+            generation = await record(tx, opts, "update", [_delta(current, changed)])
             row.generation = generation
             await tx.session.flush()
             after = replace(changed, generation=generation)
@@ -379,57 +273,12 @@ class PartitionService:
             check_match(opts.if_match, pkey, row.generation)
             before = to_domain(row)
             await tx.repo.delete_partition(row)
-            await self._record(tx, opts, "delete", [_delta(before, None)])
+            await record(tx, opts, "delete", [_delta(before, None)])
             tx.updates[pkey.value] = None
 
         return op
 
-    # -- members: plain statements on the rows named, never the whole graph ---
-
-    def _member_op(
-        self, pkey: PKey, action: str, plan: MemberPlan, opts: WriteOptions
-    ) -> Op[Partition]:
-        async def op(tx: Tx) -> Partition:
-            head = await member_rows.head(tx.session, pkey)
-            if head is None:
-                raise NotFoundError(f"no partition {pkey}", "pkey")
-            check_match(opts.if_match, pkey, head.generation)
-            changes = await plan(tx, head)
-            if not changes:
-                return self._prior(tx, pkey, head.generation) or await self._load(tx, pkey)
-            added = [
-                Member(PortGuid(int(c.target, 16)), Membership(c.after[0]), c.after[1])
-                for c in changes
-                if c.before is None and c.after is not None and not c.is_keyword
-            ]
-            keywords = [
-                KeywordMember(c.target, Membership(c.after[0]), c.after[1])
-                for c in changes
-                if c.is_keyword and c.after is not None
-            ]
-            if added or keywords:
-                await self._capacity.check(tx.repo, pkey, added, keywords)
-            await member_rows.write_changes(tx.session, head.id, changes)
-            delta = PartitionDelta(pkey, None, tuple(changes))
-            generation = await self._record(tx, opts, action, [delta])
-            await member_rows.stamp(tx.session, head.id, generation, tx.now)
-            prior = self._prior(tx, pkey, head.generation)
-            if prior is None:
-                after = await self._load(tx, pkey)
-            else:
-                after = replace(history.with_members(prior, changes), generation=generation)
-            tx.updates[pkey.value] = after
-            return after
-
-        return op
-
-    @staticmethod
-    async def _load(tx: Tx, pkey: PKey) -> Partition:
-        tx.session.expunge_all()
-        row = await tx.repo.get_partition(pkey)
-        if row is None:
-            raise NotFoundError(f"no partition {pkey}", "pkey")
-        return to_domain(row)
+    # -- members (pkeyd.member_writes) and history (pkeyd.restore) -----------
 
     def add_members_op(
         self,
@@ -439,21 +288,7 @@ class PartitionService:
         opts: WriteOptions = NO_OPTIONS,
     ) -> Op[Partition]:
         """Add members or change their membership; others stay."""
-
-        async def plan(tx: Tx, head: member_rows.Head) -> list[MemberChange]:
-            wanted = self._wanted(head, member_specs, keyword_specs)
-            guids = [t for t in wanted if t.startswith("0x")]
-            current = await member_rows.member_states(tx.session, head.id, guids)
-            if len(guids) < len(wanted):
-                current.update(await member_rows.keyword_states(tx.session, head.id))
-            return [
-                MemberChange(t, current.get(t), s) for t, s in wanted.items() if current.get(t) != s
-            ]
-
-        op = self._member_op(pkey, "add_members", plan, opts)
-        if keyword_specs:
-            return op
-        return LaneOp(op, self._lane, MemberRequest(pkey, "add", opts, members=member_specs))
+        return self.members.add_members_op(pkey, member_specs, keyword_specs, opts)
 
     def replace_members_op(
         self,
@@ -463,18 +298,7 @@ class PartitionService:
         opts: WriteOptions = NO_OPTIONS,
     ) -> Op[Partition]:
         """Make these the partition's whole member list (GUIDs and keywords)."""
-
-        async def plan(tx: Tx, head: member_rows.Head) -> list[MemberChange]:
-            wanted = self._wanted(head, member_specs, keyword_specs)
-            current = await member_rows.member_states(tx.session, head.id, None)
-            current.update(await member_rows.keyword_states(tx.session, head.id))
-            return [
-                MemberChange(t, current.get(t), wanted.get(t))
-                for t in sorted(current.keys() | wanted.keys())
-                if current.get(t) != wanted.get(t)
-            ]
-
-        return self._member_op(pkey, "replace_members", plan, opts)
+        return self.members.replace_members_op(pkey, member_specs, keyword_specs, opts)
 
     def remove_members_op(
         self,
@@ -485,31 +309,14 @@ class PartitionService:
         field: str = "guids",
         opts: WriteOptions = NO_OPTIONS,
     ) -> Op[Partition]:
-        """Remove several GUIDs or keywords in one change.
-
-        Unless ``missing_ok``, a target that is not a member fails the whole
-        request (404 naming it) and nothing is removed.
-        """
-        wanted = list(dict.fromkeys(str(t) for t in targets))
-
-        async def plan(tx: Tx, head: member_rows.Head) -> list[MemberChange]:
-            guids = [t for t in wanted if t.startswith("0x")]
-            current = await member_rows.member_states(tx.session, head.id, guids)
-            if len(guids) < len(wanted):
-                current.update(await member_rows.keyword_states(tx.session, head.id))
-            absent = [t for t in wanted if t not in current]
-            if absent and not missing_ok:
-                shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
-                raise NotFoundError(f"not members of {pkey}: {shown}", field)
-            return [MemberChange(t, current[t], None) for t in wanted if t in current]
-
-        op = self._member_op(pkey, "remove_members", plan, opts)
-        if any(t in KEYWORDS for t in wanted):
-            return op
-        request = MemberRequest(
-            pkey, "remove", opts, targets=wanted, missing_ok=missing_ok, field=field
+        """Remove GUIDs or keywords; a non-member fails it (404) unless ``missing_ok``."""
+        return self.members.remove_members_op(
+            pkey, targets, missing_ok=missing_ok, field=field, opts=opts
         )
-        return LaneOp(op, self._lane, request)
+
+    def restore_op(self, generation: int, opts: WriteOptions = NO_OPTIONS) -> Op[int | None]:
+        """Make the desired state what it was right after revision `generation`."""
+        return restore_op(generation, opts)
 
     # -- the same use-cases, committed with default options ------------------
 
@@ -543,60 +350,12 @@ class PartitionService:
     async def remove_member(self, pkey: PKey, target: PortGuid | str) -> None:
         await self._committer.run(self.remove_members_op(pkey, [target], field="guid"))
 
-    # -- history -------------------------------------------------------------
-
-    def restore_op(self, generation: int, opts: WriteOptions = NO_OPTIONS) -> Op[int | None]:
-        """Make the desired state what it was right after revision `generation`.
-
-        Undoes, newest first, every later revision; answers the generation of
-        the restore (a revision itself), or None if nothing differed.
-        """
-
-        async def op(tx: Tx) -> int | None:
-            if await journal.revision(tx.session, generation) is None:
-                raise NotFoundError(f"no revision {generation}", "id")
-            later = await journal.deltas_after(tx.session, generation)
-            pkeys = sorted({d.pkey.value for _, d in later})
-            rows = {p: await tx.repo.get_partition(PKey(p)) for p in pkeys}
-            current = {p: to_domain(r) if r is not None else None for p, r in rows.items()}
-            target = dict(current)
-            for _, delta in later:
-                target[delta.pkey.value] = history.apply(delta.inverse(), target[delta.pkey.value])
-            deltas = [d for p in pkeys if (d := history.diff(current[p], target[p])) is not None]
-            if not deltas:
-                return None
-            new = await self._record(tx, opts, "restore", deltas, restored=generation)
-            await _write_partitions(tx, rows, target, new)
-            for p in pkeys:
-                after = target[p]
-                tx.updates[p] = None if after is None else replace(after, generation=new)
-            return new
-
-        return op
-
     async def restore(self, generation: int) -> int | None:
         return await self._committer.run(self.restore_op(generation))
 
     async def replace_all(self, partitions: Sequence[Partition]) -> int:
         """Make these the whole desired state (import). Returns the new generation."""
-
-        async def op(tx: Tx) -> int:
-            stored = await tx.repo.list_partitions()
-            rows: dict[int, PartitionRow | None] = {r.pkey: r for r in stored}
-            current = {p: to_domain(r) for p, r in rows.items() if r is not None}
-            target: dict[int, Partition | None] = {p: None for p in current if p != 0x7FFF}
-            target.update({p.pkey.value: p for p in partitions})
-            deltas = [
-                d
-                for p in sorted(target)
-                if (d := history.diff(current.get(p), target[p])) is not None
-            ]
-            generation = await self._record(tx, NO_OPTIONS, "import", deltas)
-            await _write_partitions(tx, rows, target, generation)
-            self.cache.clear()
-            return generation
-
-        return await self._committer.run(op)
+        return await self._committer.run(replace_all_op(partitions, NO_OPTIONS))
 
     # -- reads ---------------------------------------------------------------
 
@@ -673,42 +432,16 @@ class PartitionService:
             await asyncio.sleep(self._settings.cache_refresh_s)
 
 
-def _delta(before: Partition | None, after: Partition | None) -> PartitionDelta:
-    delta = history.diff(before, after)
-    assert delta is not None
-    return delta
-
-
-async def _write_partitions(
-    tx: Tx,
-    rows: dict[int, PartitionRow | None],
-    target: dict[int, Partition | None],
-    generation: int,
-) -> None:
-    """Store whole partitions as given (None: deleted), deletions first so names free up."""
-    repo = tx.repo
-    for pkey, partition in target.items():
-        row = rows.get(pkey)
-        if partition is None and row is not None:
-            await repo.delete_partition(row)
-    for pkey, partition in target.items():
-        row = rows.get(pkey)
-        if partition is None:
-            continue
-        if row is None:
-            row = await repo.add_partition(partition, tx.now)
-        else:
-            repo.set_fields(row, partition, tx.now)
-            await repo.replace_members(row, partition.members, partition.keywords, tx.now)
-            await repo.replace_mgroups(row, partition.mgroups)
-        row.generation = generation
-    await tx.session.flush()
-
-
 async def load_desired_state(sessions: async_sessionmaker[AsyncSession]) -> DesiredState:
     """A consistent snapshot for the reconciler, in one short read transaction."""
     async with sessions() as session, session.begin():
         return await Repository(session).desired_state()
+
+
+def _delta(before: Partition | None, after: Partition | None) -> PartitionDelta:
+    delta = history.diff(before, after)
+    assert delta is not None
+    return delta
 
 
 def _conflict(exc: IntegrityError) -> ConflictError:

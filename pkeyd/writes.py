@@ -62,6 +62,9 @@ class WriteOptions:
     idempotency: IdempotencyRequest | None = None
 
 
+NO_OPTIONS = WriteOptions()
+
+
 @dataclass(frozen=True)
 class DryRun(Generic[T]):
     """What a write would change: per partition, and in partitions.conf."""
