@@ -6,11 +6,20 @@ import asyncio
 import dataclasses
 from typing import Any
 
+import pytest
+
 from pkeyd.config import Settings
+from pkeyd.store import members as member_rows
 from tests.helpers import Daemon, running_daemon
 from tests.unit.conftest import CountingReloader
 
 PART = "/api/v1/partitions/0x0a12"
+_WRITE_MANY = member_rows.write_many
+
+
+async def original_write_changes(session: Any, partition_id: int, changes: Any) -> None:
+    """Writes alone keep the real statements while the grouped ones are broken."""
+    await _WRITE_MANY(session, [(partition_id, c) for c in changes])
 
 
 def guid(i: int) -> str:
@@ -208,3 +217,51 @@ async def test_failed_request_stores_no_answer(daemon: Daemon) -> None:
                       headers=key)  # fmt: skip
     await _create(daemon)
     await daemon.json("POST", f"{PART}/members", 200, json={"members": []}, headers=key)
+
+
+async def test_capacity_refusal_fails_only_its_write(
+    settings: Settings, reloader: CountingReloader
+) -> None:
+    # Two PKeys per port: the Default and one more.
+    tight = dataclasses.replace(settings, default_partition_cap=2)
+    async with running_daemon(tight, reloader) as d:
+        for pkey in ("0x0a12", "0x0a13"):
+            await d.json("POST", "/api/v1/partitions", 201, json={"name": f"p{pkey}", "pkey": pkey})
+        await d.json("POST", f"{PART}/members", 200, json={"members": [{"guid": guid(0)}]})
+
+        async def add(pkey: str, i: int) -> int:
+            body = {"members": [{"guid": guid(i)}]}
+            resp = await d.client.post(f"/api/v1/partitions/{pkey}/members", json=body)
+            return resp.status
+
+        statuses = await asyncio.gather(
+            *(add("0x0a13", i) for i in range(1, 6)), add("0x0a13", 0), add("0x0a12", 7)
+        )
+        assert statuses == [200] * 5 + [409, 200]
+        other = await d.json("GET", "/api/v1/partitions/0x0a13", 200)
+        assert [m["guid"] for m in other["members"]] == [guid(i) for i in range(1, 6)]
+
+
+async def test_when_the_grouped_statements_fail_each_write_runs_alone(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _create(daemon)
+    calls = []
+
+    async def broken(*args: Any) -> None:
+        calls.append(args)
+        raise RuntimeError("disk said no")
+
+    monkeypatch.setattr(member_rows, "write_many", broken)
+    monkeypatch.setattr(member_rows, "write_changes", original_write_changes)
+
+    async def add(i: int) -> int:
+        resp = await daemon.client.post(f"{PART}/members", json={"members": [{"guid": guid(i)}]})
+        return resp.status
+
+    assert await asyncio.gather(*(add(i) for i in range(10))) == [200] * 10
+    assert calls  # the grouped path was tried
+    got = await daemon.json("GET", PART, 200)
+    assert [m["guid"] for m in got["members"]] == [guid(i) for i in range(10)]
+    revisions = await daemon.json("GET", "/api/v1/revisions", 200)
+    assert len(revisions["revisions"]) == 11
