@@ -6,6 +6,8 @@ clients in this process on keep-alive connections (aiohttp). Measured:
 - writes: each client adds one new GUID per request to its own partition
   (POST .../members, answered with the whole partition);
 - reads: each client GETs its partition;
+- the same writes again with `Prefer: return=minimal` (answered 204, no
+  document), which shows what serialising the partition costs;
 - bulk: one POST .../members with 100,000 GUIDs, to a new partition.
 Targets: >= 1,000 writes/s, >= 5,000 reads/s, p99 < 50 ms each, bulk < 3 s.
 
@@ -31,6 +33,7 @@ import aiohttp
 from pkeyd.sim.daemon import free_port
 
 CLIENTS = 50
+MINIMAL = {"Prefer": "return=minimal"}
 BULK = 100_000
 
 
@@ -68,6 +71,12 @@ async def _start(workdir: Path, port: int) -> asyncio.subprocess.Process:
     raise SystemExit(f"pkeyd did not start; see {workdir}/pkeyd.log")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _guid(client: int, i: int) -> str:
     return f"0x0002c9{client:02x}{i:08x}"
 
@@ -93,7 +102,9 @@ async def _load(
     return time.perf_counter() - started, latencies
 
 
-def _report(label: str, wall: float, latencies: list[float], target_rate: float) -> None:
+def _report(
+    label: str, wall: float, latencies: list[float], target_rate: float, cpu: tuple[float, float]
+) -> None:
     rate = len(latencies) / wall
     p50, p99 = _quantile(latencies, 0.50) * 1000, _quantile(latencies, 0.99) * 1000
     rate_ok = "met" if rate >= target_rate else "MISSED"
@@ -103,6 +114,8 @@ def _report(label: str, wall: float, latencies: list[float], target_rate: float)
         f"({rate_ok}, >= {target_rate:,.0f}/s); "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({p99_ok}, < 50 ms)"
     )
+    server, client = (c / len(latencies) * 1e6 for c in cpu)
+    print(f"    CPU per request: pkeyd {server:.0f} us, the clients {client:.0f} us")
 
 
 async def bench(writes: int, reads: int) -> None:
@@ -125,13 +138,28 @@ async def bench(writes: int, reads: int) -> None:
                     assert resp.status == 200, await resp.text()
                     await resp.read()
 
+            async def write_minimal(c: int, i: int) -> None:
+                body = {"members": [{"guid": _guid(c, writes + i)}]}
+                async with http.post(f"/api/v1/partitions/0x{0x100 + c:04x}/members",
+                                     json=body, headers=MINIMAL) as resp:  # fmt: skip
+                    assert resp.status == 204, await resp.text()
+
             async def read(c: int, i: int) -> None:
                 async with http.get(f"/api/v1/partitions/0x{0x100 + c:04x}") as resp:
                     assert resp.status == 200, await resp.text()
                     await resp.read()
 
+            # After the warm-up (creating the partitions): CPU of each phase alone.
+            cpu = (_cpu_s(proc.pid), time.process_time())
             write_wall, write_lat = await _load(CLIENTS, writes, write)
+            after_writes = (_cpu_s(proc.pid), time.process_time())
             read_wall, read_lat = await _load(CLIENTS, reads, read)
+            after_reads = (_cpu_s(proc.pid), time.process_time())
+            minimal_wall, minimal_lat = await _load(CLIENTS, writes, write_minimal)
+            after_minimal = (_cpu_s(proc.pid), time.process_time())
+            write_cpu = (after_writes[0] - cpu[0], after_writes[1] - cpu[1])
+            read_cpu = (after_reads[0] - after_writes[0], after_reads[1] - after_writes[1])
+            minimal_cpu = (after_minimal[0] - after_reads[0], after_minimal[1] - after_reads[1])
 
             async with http.post("/api/v1/partitions", json={"name": "bulk"}) as resp:
                 pkey = (await resp.json())["pkey"]
@@ -151,12 +179,20 @@ async def bench(writes: int, reads: int) -> None:
 
     print(f"API throughput: pkeyd serve on SQLite (synchronous=FULL), {CLIENTS} keep-alive "
           f"clients, {os.cpu_count()} CPUs shared by server and clients")  # fmt: skip
-    _report("single-member writes", write_wall, write_lat, 1000)
-    _report("reads of one partition", read_wall, read_lat, 5000)
+    _report("single-member writes", write_wall, write_lat, 1000, write_cpu)
+    _report("reads of one partition", read_wall, read_lat, 5000, read_cpu)
+    _report(
+        "single-member writes, Prefer: return=minimal",
+        minimal_wall,
+        minimal_lat,
+        1000,
+        minimal_cpu,
+    )
     verdict = "met" if bulk_s < 3 else "MISSED"
     print(f"  bulk add of {BULK:,} GUIDs in one request: {bulk_s:.2f} s ({verdict}, < 3 s); "
           f"answer lists {answered:,} members")  # fmt: skip
     print(f"  desired generation after the run: {generation}")
+    print(f"  load average at the end (other processes share the CPUs): {os.getloadavg()[0]:.2f}")
 
 
 def main() -> None:

@@ -64,12 +64,13 @@ class PartitionService:
         settings: Settings,
         on_commit: Callable[[], None],
         capacity: CapacityGuard | None = None,
+        cache: PartitionCache | None = None,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._on_commit = on_commit
         self._capacity = capacity or CapacityGuard(settings.default_partition_cap)
-        self.cache = PartitionCache()
+        self.cache = cache or PartitionCache()
         self._committer = GroupCommitter(sessions, self._committed, _conflict)
         self._idempotency = Idempotency(settings.idempotency_ttl_s)
         self.members = MemberWrites(self._wanted, self._prior, self._capacity)

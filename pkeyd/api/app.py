@@ -28,6 +28,7 @@ from pkeyd.api.keys import (
 from pkeyd.api.middleware import request_context
 from pkeyd.api.query_routes import query_routes
 from pkeyd.api.routes import routes
+from pkeyd.cache import PartitionCache
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.configfile import runtime_update
@@ -36,7 +37,8 @@ from pkeyd.metrics import Metrics
 from pkeyd.notify import Notifier, heartbeat, stuck_limit
 from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
 from pkeyd.reconcile import Reconciler
-from pkeyd.service import PartitionService, load_desired_state
+from pkeyd.service import PartitionService
+from pkeyd.snapshots import DesiredStateLoader
 from pkeyd.store.engine import ensure_schema, make_engine, make_sessionmaker
 from pkeyd.verification import LocalReader, ReaderFactory, Verifier, open_smp_source
 
@@ -99,11 +101,12 @@ def _lifecycle(
             sessions = make_sessionmaker(engine)
             metrics = app[METRICS]
             capacity = CapacityGuard(settings.default_partition_cap)
-            reconciler = Reconciler(
-                settings, partial(load_desired_state, sessions), reloader, metrics
-            )
+            # The reconciler's loader takes unchanged partitions from the API's cache.
+            cache = PartitionCache()
+            loader = DesiredStateLoader(sessions, cache.at)
+            reconciler = Reconciler(settings, loader.load, reloader, metrics)
             app[RECONCILER] = reconciler
-            service = PartitionService(sessions, settings, reconciler.committed, capacity)
+            service = PartitionService(sessions, settings, reconciler.committed, capacity, cache)
             app[SERVICE] = service
             tasks["cache"] = _guarded(service.keep_cache_fresh(), "pkeyd-cache")
             app[VERIFIER] = None

@@ -101,9 +101,21 @@ def no_content(_: object) -> Answer:
 
 
 def respond(answer: Answer) -> web.Response:
-    if answer.status == 204:
-        return web.Response(status=204, headers=answer.headers)
+    if answer.body is None:
+        return web.Response(status=answer.status, headers=answer.headers)
     return web.json_response(answer.body, status=answer.status, headers=answer.headers)
+
+
+def _preferred(request: web.Request, answer: Answer) -> Answer:
+    """`Prefer: return=minimal` (RFC 7240): the status and headers (ETag), no document.
+
+    A client that only needs the acknowledgement saves the serialising of a
+    partition that may hold many thousands of members.
+    """
+    if answer.status not in (200, 201) or "return=minimal" not in request.headers.get("Prefer", ""):
+        return answer
+    status = 204 if answer.status == 200 else answer.status
+    return Answer(status, None, {**answer.headers, "Preference-Applied": "return=minimal"})
 
 
 async def write(
@@ -113,7 +125,7 @@ async def write(
     outcome: Outcome[Any] = await request.app[SERVICE].execute(op, opts)
     if outcome.kind == "replay":
         assert outcome.replay is not None
-        return respond(outcome.replay)
+        return respond(_preferred(request, outcome.replay))
     if outcome.kind == "dry_run":
         report = outcome.report
         assert report is not None
@@ -127,4 +139,4 @@ async def write(
                 "result": partition_json(result) if isinstance(result, Partition) else result,
             }
         )
-    return respond(answer(outcome.value()))
+    return respond(_preferred(request, answer(outcome.value())))

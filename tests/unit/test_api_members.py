@@ -124,3 +124,25 @@ async def test_one_hundred_thousand_guids_in_one_request(daemon: Daemon) -> None
     text = daemon.settings.partitions_conf.read_text()
     assert f"{guid(2)}=limited" in text
     assert f"{guid(1)}=" not in text
+
+
+async def test_prefer_return_minimal_answers_without_the_document(daemon: Daemon) -> None:
+    await _create(daemon)
+    minimal = {"Prefer": "return=minimal"}
+    resp = await daemon.client.post(URL, json={"members": [{"guid": guid(1)}]}, headers=minimal)
+    assert resp.status == 204
+    assert await resp.read() == b""
+    assert resp.headers["Preference-Applied"] == "return=minimal"
+    current = await daemon.client.get("/api/v1/partitions/0x0a12")
+    assert resp.headers["ETag"] == current.headers["ETag"]
+    created = await daemon.client.post(
+        "/api/v1/partitions", json={"name": "other", "pkey": "0x0b00"}, headers=minimal
+    )
+    assert created.status == 201
+    assert created.headers["Location"] == "/api/v1/partitions/0x0b00"
+    assert await created.read() == b""
+    errors = await daemon.client.post(
+        "/api/v1/partitions/0x0bbb/members", json={"members": []}, headers=minimal
+    )
+    assert errors.status == 404  # errors keep their body
+    assert (await errors.json())["error"]["field"] == "pkey"
