@@ -20,10 +20,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
-from pkeyd.domain import Partition
+from pkeyd.domain import Partition, PKey
+from pkeyd.store import lane_sql
 from pkeyd.store.engine import WRITE_TRANSACTION
 from pkeyd.store.models import StateRow
 from pkeyd.store.repository import Repository
@@ -75,6 +78,17 @@ class Lane(Protocol):
         self, tx: Tx, payloads: list[Any]
     ) -> tuple[list[tuple[bool, Any]], int] | None: ...
 
+    def run_blocking(
+        self,
+        session: Session,
+        payloads: list[Any],
+        base: int,
+        now: datetime,
+        known: Callable[[PKey, int], Partition | None],
+    ) -> tuple[list[tuple[bool, Any]], int, dict[int, Partition | None]]:
+        """The same on a blocking session, in a worker thread; `known` reads the cache."""
+        ...
+
 
 @dataclass(frozen=True)
 class LaneOp(Generic[T]):
@@ -110,10 +124,22 @@ class GroupCommitter:
         sessions: async_sessionmaker[AsyncSession],
         on_commit: Callable[[Committed], None],
         map_error: Callable[[IntegrityError], Exception],
+        *,
+        blocking: Engine | None = None,
+        known: Callable[[PKey, int], Partition | None] = lambda pkey, generation: None,
+        gate: asyncio.Lock | None = None,
     ) -> None:
+        """`blocking`: an engine on which whole lane groups commit in a worker thread.
+
+        `gate` is held from a transaction's start until the cache has what it
+        committed: whoever holds it sees the database and the cache agree.
+        """
+        self.gate = gate if gate is not None else asyncio.Lock()
         self._sessions = sessions
         self._on_commit = on_commit
         self._map_error = map_error
+        self._blocking = blocking
+        self._known = known
         self._queue: list[_Item[Any]] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -133,8 +159,16 @@ class GroupCommitter:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            if self._blocking is not None and (lane := _lane_group(batch, 0)):
+                # A run of lane writes first, whole in a worker thread.
+                self._queue[:0] = batch[len(lane) :]
+                batch = lane
+                attempt = self._commit_in_thread(batch)
+            else:
+                attempt = self._commit(batch)
             try:
-                await self._commit(batch)
+                async with self.gate:
+                    await attempt
             except BaseException as exc:
                 # The commit failed or was cancelled: nothing of the batch
                 # is stored, so every writer in it gets the error.
@@ -194,6 +228,42 @@ class GroupCommitter:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
+
+    async def _commit_in_thread(self, group: list[_Item[Any]]) -> None:
+        ops = [item.op for item in group if isinstance(item.op, LaneOp)]
+        try:
+            first, base, outcomes, updates = await asyncio.to_thread(
+                self._blocking_commit, ops[0].lane, [op.payload for op in ops]
+            )
+        except Exception as exc:
+            # Nothing was committed: the asyncio path runs them (alone if need be).
+            log.warning("write_lane_failed", writes=len(group), error=repr(exc))
+            await self._commit(group)
+            return
+        if base != first or updates:
+            self._on_commit(Committed(first, base, updates))
+        for item, (ok, value) in zip(group, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    def _blocking_commit(
+        self, lane: Lane, payloads: list[Any]
+    ) -> tuple[int, int, list[tuple[bool, Any]], dict[int, Partition | None]]:
+        """One transaction on the blocking engine: read, decide, write, commit."""
+        assert self._blocking is not None
+        with Session(self._blocking) as session, session.begin():
+            conn = session.connection(execution_options={WRITE_TRANSACTION: True})
+            first = lane_sql.locked_generation(conn)
+            outcomes, base, updates = lane.run_blocking(
+                session, payloads, first, datetime.now(UTC), self._known
+            )
+            if base != first:
+                lane_sql.set_generation(conn, base)
+        return first, base, outcomes, updates
 
     async def _lane(
         self, session: AsyncSession, group: list[_Item[Any]], tx: Tx

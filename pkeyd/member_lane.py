@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from pkeyd.capacity import CapacityGuard
 from pkeyd.domain import Partition, PKey
@@ -21,9 +25,10 @@ from pkeyd.drafts import MemberSpec
 from pkeyd.errors import NotFoundError, PkeydError
 from pkeyd.groupcommit import Tx
 from pkeyd.history import MemberChange, MemberState, PartitionDelta, with_members
-from pkeyd.store import journal
+from pkeyd.store import journal, lane_sql
 from pkeyd.store import members as member_rows
-from pkeyd.store.repository import to_domain
+from pkeyd.store.models import PartitionRow
+from pkeyd.store.repository import LOAD_ALL, to_domain
 from pkeyd.writes import WriteOptions, check_match
 
 Wanted = Callable[[member_rows.Head, Sequence[MemberSpec]], dict[str, MemberState]]
@@ -59,31 +64,56 @@ class MemberLane:
     async def run_group(
         self, tx: Tx, payloads: list[Any]
     ) -> tuple[list[tuple[bool, Any]], int] | None:
+        """In the asyncio transaction of a group commit."""
+
+        def known(pkey: PKey, generation: int) -> Partition | None:
+            return self._prior(tx, pkey, generation)
+
+        outcomes, base, updates = await tx.session.run_sync(
+            lambda session: self.run_blocking(session, payloads, tx.base, tx.now, known)
+        )
+        tx.updates.update(updates)
+        return outcomes, base
+
+    def run_blocking(
+        self,
+        session: Session,
+        payloads: list[Any],
+        base: int,
+        now: datetime,
+        known: Callable[[PKey, int], Partition | None],
+    ) -> tuple[list[tuple[bool, Any]], int, dict[int, Partition | None]]:
+        """Decide and write the group on a blocking session; no commit.
+
+        Answers each write's (ok, result or error), the generation reached,
+        and the partitions as the group leaves them.
+        """
         requests: list[MemberRequest] = payloads
-        session = tx.session
-        heads = await member_rows.heads(session, sorted({r.pkey.value for r in requests}))
+        conn = session.connection()
+        heads = lane_sql.heads(conn, sorted({r.pkey.value for r in requests}))
         named: dict[int, set[str]] = {h.id: set() for h in heads.values()}
         for r in requests:
             if (head := heads.get(r.pkey.value)) is not None:
                 named[head.id].update(r.named())
-        states = await member_rows.states_of(session, named)
+        states = lane_sql.states_of(conn, named)
         adding = {t for r in requests if r.kind == "add" for t in r.named()}
-        listed = await tx.repo.explicit_pkeys(adding) if adding else {}
-        keyword_pkeys = await tx.repo.ca_keyword_pkeys() if adding else set()
+        listed = lane_sql.explicit_pkeys(conn, adding) if adding else {}
+        keyword_pkeys = lane_sql.ca_keyword_pkeys(conn) if adding else set()
         partitions: dict[int, Partition] = {}
         for pkey, head in heads.items():
-            known = self._prior(tx, head.pkey, head.generation)
-            if known is None:  # not cached: one load of the whole partition
-                row = await tx.repo.get_partition(head.pkey)
-                assert row is not None  # the write lock is held since the heads were read
-                known = to_domain(row)
-            partitions[pkey] = known
+            at_hand = known(head.pkey, head.generation)
+            if at_hand is None:  # not cached: one load of the whole partition
+                row = session.scalars(
+                    select(PartitionRow).options(*LOAD_ALL).where(PartitionRow.pkey == pkey)
+                ).one()
+                at_hand = to_domain(row)
+            partitions[pkey] = at_hand
 
-        base = tx.base
         outcomes: list[tuple[bool, Any]] = []
         changes: list[tuple[int, MemberChange]] = []
         revisions: list[journal.NewRevision] = []
         stamps: dict[int, int] = {}
+        updates: dict[int, Partition | None] = {}
         for request in requests:
             head = heads.get(request.pkey.value)
             try:
@@ -114,12 +144,13 @@ class MemberLane:
                 stamps[head.id] = base
                 partition = replace(with_members(partition, made), generation=base)
                 partitions[request.pkey.value] = partition
-                tx.updates[request.pkey.value] = partition
+                updates[request.pkey.value] = partition
             outcomes.append((True, partition))
-        await member_rows.write_many(session, changes)
-        await journal.add_revisions(session, revisions, tx.now)
-        await member_rows.stamp_many(session, stamps, tx.now)
-        return outcomes, base
+        lane_sql.write_many(conn, changes)
+        lane_sql.add_revisions(conn, revisions, now)
+        lane_sql.stamp_many(conn, stamps, now)
+        session.expunge_all()
+        return outcomes, base, updates
 
     def _decide(
         self,

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -65,13 +66,24 @@ class PartitionService:
         on_commit: Callable[[], None],
         capacity: CapacityGuard | None = None,
         cache: PartitionCache | None = None,
+        blocking: Engine | None = None,
+        gate: asyncio.Lock | None = None,
     ) -> None:
+        """`blocking`: a blocking engine on the same SQLite file (make_sync_engine), on
+        which grouped member writes commit whole in a worker thread."""
         self._sessions = sessions
         self._settings = settings
         self._on_commit = on_commit
         self._capacity = capacity or CapacityGuard(settings.default_partition_cap)
-        self.cache = cache or PartitionCache()
-        self._committer = GroupCommitter(sessions, self._committed, _conflict)
+        self.cache = cache if cache is not None else PartitionCache()
+        self._committer = GroupCommitter(
+            sessions,
+            self._committed,
+            _conflict,
+            blocking=blocking,
+            known=lambda pkey, generation: self.cache.at(pkey.value, generation),
+            gate=gate,
+        )
         self._idempotency = Idempotency(settings.idempotency_ttl_s)
         self.members = MemberWrites(self._wanted, self._prior, self._capacity)
 
@@ -410,15 +422,19 @@ class PartitionService:
     # -- noticing other processes' writes ------------------------------------
 
     async def refresh_cache(self) -> int:
-        """Drop cached partitions another process changed. Returns how many."""
-        async with self._sessions() as session, session.begin():
+        """Drop cached partitions another process changed. Returns how many.
+
+        Under the commit gate: else a commit of this process could show in the
+        scan before it shows in the cache, and be taken for another's.
+        """
+        async with self._sessions() as session, session.begin(), self._committer.gate:
             generation = await Repository(session).generation()
             if generation == self.cache.synced_generation:
                 return 0
             stored = (
                 await session.execute(select(PartitionRow.pkey, PartitionRow.generation))
             ).all()
-        return self.cache.resync(generation, [(p, g) for p, g in stored])
+            return self.cache.resync(generation, [(p, g) for p, g in stored])
 
     async def keep_cache_fresh(self) -> None:
         """The loop behind the cache's staleness bound; runs until cancelled."""

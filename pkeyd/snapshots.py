@@ -6,11 +6,15 @@ with its members from ORM rows is not, and during a stream of writes most
 partitions have not changed since the previous pass. So each load reads the
 list in one read transaction and builds afresh only the partitions whose
 generation moved (every change stamps its partition's generation), taking
-those from the API's read cache when it holds that very generation.
+those from the API's read cache when it holds that very generation. The
+list is read under the group commit's gate, so that the cache cannot move
+past the database between the two: under a stream of writes the cache then
+holds exactly the versions the snapshot needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -33,26 +37,37 @@ def _nothing(pkey: int, generation: int) -> Partition | None:
 
 class DesiredStateLoader:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], lookup: Lookup = _nothing
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        lookup: Lookup = _nothing,
+        gate: asyncio.Lock | None = None,
     ) -> None:
         self._sessions = sessions
         self._lookup = lookup
+        self._gate = gate if gate is not None else asyncio.Lock()
         self._last: dict[int, Partition] = {}
 
     async def load(self) -> DesiredState:
         async with self._sessions() as session, session.begin():
-            generation = await Repository(session).generation()
-            stored = (
-                await session.execute(
-                    select(PartitionRow.pkey, PartitionRow.generation).order_by(PartitionRow.pkey)
-                )
-            ).all()
-            changed = [
-                p
-                for p, g in stored
-                if (known := self._last.get(p)) is None or known.generation != g
-            ]
-            fresh: dict[int, Partition] = {}
+            async with self._gate:
+                generation = await Repository(session).generation()
+                stored = (
+                    await session.execute(
+                        select(PartitionRow.pkey, PartitionRow.generation).order_by(
+                            PartitionRow.pkey
+                        )
+                    )
+                ).all()
+                fresh: dict[int, Partition] = {}
+                changed = []
+                for p, g in stored:
+                    known = self._last.get(p)
+                    if known is not None and known.generation == g:
+                        continue
+                    if (at_hand := self._lookup(p, g)) is not None:
+                        fresh[p] = at_hand
+                    else:
+                        changed.append(p)
             for start in range(0, len(changed), _BATCH):
                 rows = await session.scalars(
                     select(PartitionRow)

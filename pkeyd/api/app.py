@@ -39,7 +39,7 @@ from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
 from pkeyd.reconcile import Reconciler
 from pkeyd.service import PartitionService
 from pkeyd.snapshots import DesiredStateLoader
-from pkeyd.store.engine import ensure_schema, make_engine, make_sessionmaker
+from pkeyd.store.engine import ensure_schema, make_engine, make_sessionmaker, make_sync_engine
 from pkeyd.verification import LocalReader, ReaderFactory, Verifier, open_smp_source
 
 log = structlog.get_logger("pkeyd.app")
@@ -95,6 +95,7 @@ def _lifecycle(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         engine = make_engine(settings.db_url)
+        blocking = make_sync_engine(settings.db_url)
         tasks: dict[str, asyncio.Task[None]] = {}
         try:
             await ensure_schema(engine)
@@ -103,10 +104,13 @@ def _lifecycle(
             capacity = CapacityGuard(settings.default_partition_cap)
             # The reconciler's loader takes unchanged partitions from the API's cache.
             cache = PartitionCache()
-            loader = DesiredStateLoader(sessions, cache.at)
+            gate = asyncio.Lock()
+            loader = DesiredStateLoader(sessions, cache.at, gate)
             reconciler = Reconciler(settings, loader.load, reloader, metrics)
             app[RECONCILER] = reconciler
-            service = PartitionService(sessions, settings, reconciler.committed, capacity, cache)
+            service = PartitionService(
+                sessions, settings, reconciler.committed, capacity, cache, blocking, gate
+            )
             app[SERVICE] = service
             tasks["cache"] = _guarded(service.keep_cache_fresh(), "pkeyd-cache")
             app[VERIFIER] = None
@@ -136,6 +140,8 @@ def _lifecycle(
             if SERVICE in app:
                 await app[SERVICE].aclose()
             await engine.dispose()
+            if blocking is not None:
+                blocking.dispose()
 
     return ctx
 

@@ -59,28 +59,6 @@ class NewRevision:
     deltas: tuple[PartitionDelta, ...]
 
 
-async def add_revisions(session: AsyncSession, new: Sequence[NewRevision], at: datetime) -> None:
-    """Several revisions in two statements (the group commit of member writes)."""
-    if not new:
-        return
-    await session.execute(
-        insert(_REVISIONS),
-        [
-            {"generation": r.generation, "at": at, "actor": r.actor, "action": r.action,
-             "restored": None}
-            for r in new
-        ],
-    )  # fmt: skip
-    await session.execute(
-        insert(_CHANGES),
-        [
-            {"generation": r.generation, "pkey": d.pkey.value, "delta": d.dumps()}
-            for r in new
-            for d in r.deltas
-        ],
-    )
-
-
 def _revision(row: RevisionRow, changes: Sequence[RevisionChangeRow]) -> Revision:
     return Revision(
         generation=row.generation,

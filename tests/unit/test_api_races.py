@@ -9,17 +9,11 @@ from typing import Any
 import pytest
 
 from pkeyd.config import Settings
-from pkeyd.store import members as member_rows
+from pkeyd.store import lane_sql
 from tests.helpers import Daemon, running_daemon
 from tests.unit.conftest import CountingReloader
 
 PART = "/api/v1/partitions/0x0a12"
-_WRITE_MANY = member_rows.write_many
-
-
-async def original_write_changes(session: Any, partition_id: int, changes: Any) -> None:
-    """Writes alone keep the real statements while the grouped ones are broken."""
-    await _WRITE_MANY(session, [(partition_id, c) for c in changes])
 
 
 def guid(i: int) -> str:
@@ -248,12 +242,12 @@ async def test_when_the_grouped_statements_fail_each_write_runs_alone(
     await _create(daemon)
     calls = []
 
-    async def broken(*args: Any) -> None:
+    def broken(*args: Any) -> None:
         calls.append(args)
         raise RuntimeError("disk said no")
 
-    monkeypatch.setattr(member_rows, "write_many", broken)
-    monkeypatch.setattr(member_rows, "write_changes", original_write_changes)
+    # Only grouped writes record several revisions at a time.
+    monkeypatch.setattr(lane_sql, "add_revisions", broken)
 
     async def add(i: int) -> int:
         resp = await daemon.client.post(f"{PART}/members", json={"members": [{"guid": guid(i)}]})

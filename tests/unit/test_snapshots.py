@@ -27,3 +27,13 @@ async def test_unchanged_partitions_are_reused_changed_ones_reread(daemon: Daemo
     assert [m.guid for m in second.partitions[0].members] == [G1]
     fresh = await DesiredStateLoader(service._sessions).load()
     assert fresh == second
+
+
+async def test_the_daemon_wires_one_cache_and_one_gate(daemon: Daemon) -> None:
+    """The reconciler's loader reads the cache the service fills, under the same gate."""
+    from pkeyd.api.keys import RECONCILER
+
+    loader = daemon.app[RECONCILER]._load_state.__self__  # type: ignore[attr-defined]
+    service = daemon.app[SERVICE]
+    assert loader._lookup.__self__ is service.cache
+    assert loader._gate is service._committer.gate
