@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pkeyd.domain import PKey
@@ -22,10 +21,6 @@ from pkeyd.store.models import KeywordMemberRow, MemberRow, PartitionRow
 
 # Bound parameters per statement stay well under SQLite's and asyncpg's limits.
 _BATCH = 500
-_INSERT_BATCH = 10_000
-_MEMBERS = cast(Table, MemberRow.__table__)
-_KEYWORDS = cast(Table, KeywordMemberRow.__table__)
-_PARTITIONS = cast(Table, PartitionRow.__table__)
 
 
 async def head(session: AsyncSession, pkey: PKey) -> Head | None:
