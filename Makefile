@@ -39,6 +39,7 @@ bench: install
 	$(VENV)/bin/python -m bench.render_large
 	$(VENV)/bin/python -m bench.ufm_last_updated
 	$(VENV)/bin/python -m bench.auth_overhead
+	$(VENV)/bin/python -m bench.api_throughput
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -9,7 +9,7 @@ keywords (ALL, ALL_CAS) cover all CA ports.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pkeyd.domain import KeywordMember, Member, PKey
 from pkeyd.errors import ConflictError
@@ -52,6 +52,16 @@ class CapacityGuard:
             if not guids:
                 return
             listed = await repo.explicit_pkeys(guids)
+        self.refuse_overload(pkey, guids, listed, keyword_pkeys)
+
+    def refuse_overload(
+        self,
+        pkey: PKey,
+        guids: Iterable[str],
+        listed: Mapping[str, set[int]],
+        keyword_pkeys: set[int],
+    ) -> None:
+        """409 naming the ports that adding `pkey` would take past their table size."""
         over = []
         for guid in sorted(guids):
             load = len(listed.get(guid, set()) | keyword_pkeys | {pkey.value})

@@ -80,6 +80,7 @@ _SPECS = (
     ("partitions_conf", "--partitions-conf", "PARTITIONS_CONF", "the file OpenSM reads", "PATH"),
     ("reload_timeout_s", "--reload-timeout", "RELOAD_TIMEOUT", "reload command limit", "S"),
     ("pkey_range", "--pkey-range", "PKEY_RANGE", "where PKeys are allocated", "LOW-HIGH"),
+    ("pkey_ranges", "--pkey-ranges", "PKEY_RANGES", "several such ranges", "LOW-HIGH,..."),
     ("default_partition_cap", "--partition-cap", "PARTITION_CAP", "PKeys per port", "N"),
     ("state_dir", "--state-dir", "STATE_DIR", "copies of external edits go here", "PATH"),
     ("on_external_edit", "--on-external-edit", "ON_EXTERNAL_EDIT", "restore or hold"),
@@ -90,6 +91,10 @@ _SPECS = (
     ("retry_min_s", "--retry-min", "RETRY_MIN", "first retry after a failed pass", "S"),
     ("retry_max_s", "--retry-max", "RETRY_MAX", "longest retry backoff", "S"),
     ("max_body_bytes", "--max-body-bytes", "MAX_BODY_BYTES", "request size limit", "N"),
+    ("max_members_per_request", "--max-members-per-request", "MAX_MEMBERS_PER_REQUEST",
+     "GUIDs one request may name", "N"),
+    ("idempotency_ttl_s", "--idempotency-ttl", "IDEMPOTENCY_TTL", "keys kept this long", "S"),
+    ("cache_refresh_s", "--cache-refresh", "CACHE_REFRESH", "other writers seen within", "S"),
     ("fabric_reader", "--fabric-reader", "FABRIC_READER", "verify PKey tables over SMPs"),
     ("verify_interval_s", "--verify-interval", "VERIFY_INTERVAL", "between passes", "S"),
     ("verify_settle_s", "--verify-settle", "VERIFY_SETTLE", "OpenSM's time to sweep", "S"),
@@ -127,7 +132,7 @@ def _default_text(name: str) -> str:
     for f in dataclasses.fields(Settings):
         if f.name == name:
             if f.default is not dataclasses.MISSING:
-                return "unset" if f.default is None else str(f.default)
+                return "unset" if f.default in (None, ()) else str(f.default)
             if f.default_factory is not dataclasses.MISSING:
                 return str(f.default_factory())
     raise KeyError(name)

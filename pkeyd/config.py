@@ -7,6 +7,7 @@ receives a Settings value.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,9 @@ class Settings:
     reload_command: tuple[str, ...] | None = None
     reload_timeout_s: float = 10.0
     pkey_range: PKeyRange = field(default_factory=PKeyRange)
+    # Several allocation ranges, lowest free PKey first; empty means pkey_range
+    # alone (which older config files set).
+    pkey_ranges: tuple[PKeyRange, ...] = ()
     # Mirrors allow_both_pkeys in opensm.conf: without it OpenSM reads `both` as full.
     allow_both_pkeys: bool = False
     # Mirrors qos in opensm.conf: without it OpenSM forces every partition's SL to 0.
@@ -53,6 +57,13 @@ class Settings:
     retry_min_s: float = 0.5
     retry_max_s: float = 30.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # Members (GUIDs and keywords) or removal targets a single request may name.
+    max_members_per_request: int = 100_000
+    # How long an Idempotency-Key and the answer stored with it are kept.
+    idempotency_ttl_s: float = 86_400.0
+    # Reads come from memory; changes committed by another pkeyd sharing the
+    # database are seen within this many seconds (this process's own: at once).
+    cache_refresh_s: float = 0.2
     # Verification on the ports: SMP reads from the local HCA port (libibumad),
     # or off (then nothing is ever `verified`).
     fabric_reader: FabricReaderKind = "smp"
@@ -139,6 +150,20 @@ class Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both tls_cert and tls_key (PEM files), or neither")
         check_exposure(self)
+        if self.max_members_per_request < 1:
+            raise ValueError("max_members_per_request must be at least 1")
+        for name in ("idempotency_ttl_s", "cache_refresh_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be greater than 0")
+        ordered = sorted(self.pkey_ranges, key=lambda r: r.low)
+        for lower, upper in itertools.pairwise(ordered):
+            if upper.low <= lower.high:
+                raise ValueError(f"pkey_ranges {lower} and {upper} overlap")
+
+    @property
+    def allocation_ranges(self) -> tuple[PKeyRange, ...]:
+        """Where PKeys are allocated, lowest first: pkey_ranges, else pkey_range."""
+        return tuple(sorted(self.pkey_ranges, key=lambda r: r.low)) or (self.pkey_range,)
 
 
 def is_loopback(host: str) -> bool:

@@ -50,7 +50,7 @@ RUNTIME_FIELDS = frozenset(
     }
 )
 
-Kind = Literal["bool", "int", "float", "str", "path", "argv", "pkey_range", "choice"]
+Kind = Literal["bool", "int", "float", "str", "path", "argv", "pkey_range", "pkey_ranges", "choice"]
 
 
 class ConfigError(ValueError):
@@ -76,6 +76,8 @@ def _field_for(name: str, hint: Any) -> Field:
         return Field(name, "choice", optional, tuple(str(a) for a in typing.get_args(hint)))
     if typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, ...):
         return Field(name, "argv", optional)
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) == (PKeyRange, ...):
+        return Field(name, "pkey_ranges", optional)
     simple: dict[Any, Kind] = {
         bool: "bool",
         int: "int",
@@ -125,6 +127,12 @@ def from_toml(field: Field, value: Any) -> Any:
         if not value or not value[0]:
             raise ValueError("must name a program")
         return tuple(value)
+    if kind == "pkey_ranges":
+        if isinstance(value, str):
+            return from_text(field, value)
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            raise ValueError(f'must be an array of ranges like "0x0100-0x01ff", not {value!r}')
+        return tuple(_pkey_range(r) for r in value)
     if not isinstance(value, str):
         raise ValueError(f"must be a string, not {value!r}")
     return from_text(field, value)
@@ -156,15 +164,21 @@ def from_text(field: Field, text: str) -> Any:
             raise ValueError("must name a program")
         return argv
     if kind == "pkey_range":
-        try:
-            return PKeyRange.parse(text)
-        except ValueError as exc:
-            if "invalid literal" in str(exc):
-                raise ValueError(f"must look like 0x0001-0x7ffe, not {text!r}") from None
-            raise
+        return _pkey_range(text)
+    if kind == "pkey_ranges":
+        return tuple(_pkey_range(part.strip()) for part in text.split(",") if part.strip())
     if kind == "choice" and text not in field.choices:
         raise ValueError(f"must be one of {', '.join(field.choices)}, not {text!r}")
     return text
+
+
+def _pkey_range(text: str) -> PKeyRange:
+    try:
+        return PKeyRange.parse(text)
+    except ValueError as exc:
+        if "invalid literal" in str(exc):
+            raise ValueError(f"must look like 0x0001-0x7ffe, not {text!r}") from None
+        raise
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -270,7 +284,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_string(a) for a in value) + "]"
+        return "[" + ", ".join(_toml_string(str(a)) for a in value) + "]"
     return _toml_string(str(value))
 
 

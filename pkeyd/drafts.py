@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pkeyd.domain import (
     Membership,
@@ -60,24 +60,31 @@ def _optional_membership(body: Mapping[str, Any], key: str, where: str) -> Membe
     return None if raw is None else Membership.parse(raw, where)
 
 
-@dataclass(frozen=True)
-class MemberSpec:
-    """A member as a client sent it; the membership may be left to the partition."""
+class MemberSpec(NamedTuple):
+    """A member as a client sent it; the membership may be left to the partition.
+
+    A named tuple: a bulk request makes 100,000 of them.
+    """
 
     target: PortGuid | str  # a GUID or a keyword
     membership: Membership | None
     index0: bool
 
 
+_MEMBERSHIPS = {m.value: m for m in Membership}
+
+
 def parse_member_specs(raw: list[Any], field_name: str, *, keywords: bool) -> list[MemberSpec]:
     key = "keyword" if keywords else "guid"
+    allowed = {key, "membership", "index0"}
     specs: list[MemberSpec] = []
     seen: dict[object, int] = {}
     for i, item in enumerate(raw):
         where = f"{field_name}[{i}]"
         if not isinstance(item, dict):
             raise ValidationError(f"must be an object {{{key}, membership, index0}}", where)
-        reject_unknown(item, {key, "membership", "index0"}, f"{where}.")
+        if not item.keys() <= allowed:
+            reject_unknown(item, allowed, f"{where}.")
         if key not in item:
             raise ValidationError("is required", f"{where}.{key}")
         target: PortGuid | str = (
@@ -91,8 +98,14 @@ def parse_member_specs(raw: list[Any], field_name: str, *, keywords: bool) -> li
                 f"{where}.{key}",
             )
         seen[target] = i
-        membership = _optional_membership(item, "membership", f"{where}.membership")
-        specs.append(MemberSpec(target, membership, _bool(item, "index0", False, f"{where}.")))
+        given = item.get("membership")
+        membership = _MEMBERSHIPS.get(given) if isinstance(given, str) else None
+        if membership is None and given is not None:
+            membership = Membership.parse(given, f"{where}.membership")
+        index0 = item.get("index0", False)
+        if index0 is not False and index0 is not True:
+            raise ValidationError("must be true or false", f"{where}.index0")
+        specs.append(MemberSpec(target, membership, index0))
     return specs
 
 
@@ -182,3 +195,21 @@ def parse_member_change(body: Mapping[str, Any]) -> tuple[list[MemberSpec], list
         _list(body, "keywords", "{keyword, membership} objects"), "keywords", keywords=True
     )
     return members, keywords
+
+
+def parse_member_removal(body: Mapping[str, Any]) -> tuple[list[PortGuid | str], bool]:
+    """`{"guids": [...], "keywords": [...], "missing_ok": false}`: what to remove."""
+    reject_unknown(body, {"guids", "keywords", "missing_ok"})
+    if "guids" not in body and "keywords" not in body:
+        raise ValidationError("is required (or keywords)", "guids")
+    targets: list[PortGuid | str] = []
+    seen: dict[object, str] = {}
+    for name, parse in (("guids", PortGuid.parse), ("keywords", parse_keyword)):
+        for i, raw in enumerate(_list(body, name, "strings")):
+            where = f"{name}[{i}]"
+            target = parse(raw, where)
+            if target in seen:
+                raise ValidationError(f"{target} is listed twice (also at {seen[target]})", where)
+            seen[target] = where
+            targets.append(target)
+    return targets, _bool(body, "missing_ok", False)

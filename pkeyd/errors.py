@@ -55,6 +55,13 @@ class ConflictError(PkeydError):
     status = 409
 
 
+class PreconditionFailedError(PkeydError):
+    """An If-Match names a version the partition no longer has."""
+
+    code = "precondition_failed"
+    status = 412
+
+
 class PayloadTooLargeError(PkeydError):
     code = "too_large"
     status = 413

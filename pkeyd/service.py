@@ -1,21 +1,27 @@
-"""Use-cases behind the API. Each owns one transaction and wakes the reconciler.
+"""Use-cases behind the API. Each write is one unit of a group commit; reads use the cache.
 
-Writers are serialised in-process (one asyncio lock): SQLite has a single
-writer anyway, and it turns lock waits into an orderly queue. The database
+Writes go through one GroupCommitter: concurrent writes share a transaction
+and its durable commit, each in its own savepoint, and each is answered only
+after that commit. Every change gets its generation and a revision (who,
+what, undoable) in the same savepoint; a stale If-Match fails only its own
+write; an Idempotency-Key's answer is stored with the change. The database
 still enforces unique PKeys and names, for writers in other processes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import structlog
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pkeyd import history
+from pkeyd.cache import PartitionCache
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.domain import (
@@ -29,9 +35,25 @@ from pkeyd.domain import (
 )
 from pkeyd.drafts import MemberSpec, PartitionDraft, PartitionPatch
 from pkeyd.errors import ConflictError, NotFoundError, ValidationError
+from pkeyd.groupcommit import Committed, GroupCommitter, Op, Tx
 from pkeyd.groups import GroupSettings, McastGroup
+from pkeyd.history import MemberState, PartitionDelta
+from pkeyd.member_writes import MemberWrites
+from pkeyd.restore import replace_all_op, restore_op
+from pkeyd.revisions import rendered_diff
+from pkeyd.store import journal
+from pkeyd.store import members as member_rows
+from pkeyd.store.listing import PartitionFilter, partition_page, port_partitions
 from pkeyd.store.models import PartitionRow
 from pkeyd.store.repository import Repository, to_domain
+from pkeyd.write_modes import Idempotency, dry, record
+from pkeyd.writes import (
+    NO_OPTIONS,
+    DryRun,
+    Outcome,
+    WriteOptions,
+    check_match,
+)
 
 log = structlog.get_logger("pkeyd.service")
 
@@ -43,23 +65,35 @@ class PartitionService:
         settings: Settings,
         on_commit: Callable[[], None],
         capacity: CapacityGuard | None = None,
+        cache: PartitionCache | None = None,
+        blocking: Engine | None = None,
+        gate: asyncio.Lock | None = None,
     ) -> None:
+        """`blocking`: a blocking engine on the same SQLite file (make_sync_engine), on
+        which grouped member writes commit whole in a worker thread."""
         self._sessions = sessions
         self._settings = settings
         self._on_commit = on_commit
         self._capacity = capacity or CapacityGuard(settings.default_partition_cap)
-        self._write_lock = asyncio.Lock()
+        self.cache = cache if cache is not None else PartitionCache()
+        self._committer = GroupCommitter(
+            sessions,
+            self._committed,
+            _conflict,
+            blocking=blocking,
+            known=lambda pkey, generation: self.cache.at(pkey.value, generation),
+            gate=gate,
+        )
+        self._idempotency = Idempotency(settings.idempotency_ttl_s)
+        self.members = MemberWrites(self._wanted, self._prior, self._capacity)
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[Repository]:
-        """One write transaction; the caller bumps the generation if it changed something."""
-        async with self._write_lock, self._sessions() as session:
-            try:
-                async with session.begin():
-                    yield Repository(session)
-            except IntegrityError as exc:
-                raise _conflict(exc) from exc
-        self._on_commit()
+    def _committed(self, committed: Committed) -> None:
+        self.cache.committed(committed.first_base, committed.last_generation, committed.updates)
+        if committed.last_generation != committed.first_base:
+            self._on_commit()
+
+    async def aclose(self) -> None:
+        await self._committer.aclose()
 
     # -- checks that depend on how OpenSM is configured ---------------------
 
@@ -105,6 +139,20 @@ class PartitionService:
         resolved = self._resolve(specs, default, "keywords")
         return tuple(KeywordMember(str(t), m, i) for t, m, i in resolved)
 
+    def _wanted(
+        self, head: member_rows.Head, members: Sequence[MemberSpec], keywords: Sequence[MemberSpec]
+    ) -> dict[str, MemberState]:
+        """Target -> (membership, index0) as a member write asks, defaults applied."""
+        default = Membership(head.defmember) if head.defmember else Membership.FULL
+        wanted: dict[str, MemberState] = {}
+        for field, specs in (("members", members), ("keywords", keywords)):
+            for i, spec in enumerate(specs):
+                membership = spec.membership or default
+                if membership is Membership.BOTH:
+                    self._check_membership(membership, f"{field}[{i}].membership")
+                wanted[str(spec.target)] = (membership.value, spec.index0)
+        return wanted
+
     def _bind_groups(
         self, groups: Sequence[McastGroup], pkey: PKey, settings: GroupSettings
     ) -> tuple[McastGroup, ...]:
@@ -114,20 +162,44 @@ class PartitionService:
             bound.append(group.bind(pkey.value, settings, f"mgroups[{i}]."))
         return tuple(bound)
 
-    # -- use-cases -----------------------------------------------------------
+    # -- running a write -----------------------------------------------------
 
-    async def create_partition(self, draft: PartitionDraft) -> Partition:
+    async def execute(self, op: Op[object], opts: WriteOptions) -> Outcome[object]:
+        """Run a write as asked: committed, replayed from its Idempotency-Key, or dry."""
+        if opts.dry_run:
+            report: DryRun[object] = await self._committer.run(dry(op), keep=False)
+            return Outcome("dry_run", report=report)
+        if opts.idempotency is not None:
+            return await self._committer.run(self._idempotency.wrap(op, opts))
+        return Outcome("done", result=await self._committer.run(op))
+
+    def _prior(self, tx: Tx, pkey: PKey, generation: int) -> Partition | None:
+        """The partition at this generation without a load: from this batch or the cache."""
+        known, partition = tx.known(pkey.value)
+        if known:
+            return partition if partition and partition.generation == generation else None
+        return self.cache.at(pkey.value, generation)
+
+    @staticmethod
+    async def _existing(repo: Repository, pkey: PKey) -> PartitionRow:
+        row = await repo.get_partition(pkey)
+        if row is None:
+            raise NotFoundError(f"no partition {pkey}", "pkey")
+        return row
+
+    # -- partitions ----------------------------------------------------------
+
+    def create_op(self, draft: PartitionDraft, opts: WriteOptions = NO_OPTIONS) -> Op[Partition]:
         self._check_membership(draft.defmember, "defmember")
         self._check_settings(draft.settings)
         members = self._members(draft.members, draft.defmember)
         keywords = self._keywords(draft.keywords, draft.defmember)
-        async with self._write() as repo:
+
+        async def op(tx: Tx) -> Partition:
+            repo = tx.repo
             pkey = draft.pkey
             if pkey is None:
-                free = await repo.lowest_free_pkey(self._settings.pkey_range)
-                if free is None:
-                    raise ConflictError(f"no free PKey left in {self._settings.pkey_range}", "pkey")
-                pkey = PKey(free)
+                pkey = await self._allocate(repo)
             elif await repo.get_partition(pkey) is not None:
                 raise ConflictError(f"partition {pkey} already exists", "pkey")
             if await repo.name_taken(draft.name):
@@ -144,13 +216,32 @@ class PartitionService:
                 mgroups=self._bind_groups(draft.mgroups, pkey, draft.settings),
             )
             await self._capacity.check(repo, partition.pkey, members, keywords)
-            row = await repo.add_partition(partition, _now())
-            await repo.bump_generation(row)
-            return to_domain(row)
+            row = await repo.add_partition(partition, tx.now)
+            generation = await record(tx, opts, "create", [_delta(None, partition)])
+            row.generation = generation
+            await tx.session.flush()
+            created = replace(partition, generation=generation)
+            tx.updates[pkey.value] = created
+            return created
 
-    async def patch_partition(self, pkey: PKey, patch: PartitionPatch) -> Partition:
-        async with self._write() as repo:
+        return op
+
+    async def _allocate(self, repo: Repository) -> PKey:
+        ranges = self._settings.allocation_ranges
+        for pkey_range in ranges:
+            free = await repo.lowest_free_pkey(pkey_range)
+            if free is not None:
+                return PKey(free)
+        shown = ", ".join(str(r) for r in ranges)
+        raise ConflictError(f"no free PKey left in {shown}", "pkey")
+
+    def patch_op(
+        self, pkey: PKey, patch: PartitionPatch, opts: WriteOptions = NO_OPTIONS
+    ) -> Op[Partition]:
+        async def op(tx: Tx) -> Partition:
+            repo = tx.repo
             row = await self._existing(repo, pkey)
+            check_match(opts.if_match, pkey, row.generation)
             current = to_domain(row)
             if current.is_default and "name" in patch.present:
                 raise ValidationError("the Default partition keeps its name", "name")
@@ -159,12 +250,10 @@ class PartitionService:
             settings = current.settings.merged(patch.settings, set(patch.present))
             self._check_settings(settings)
             groups = current.mgroups if patch.mgroups is None else patch.mgroups
-            changed = Partition(
-                pkey=current.pkey,
+            changed = replace(
+                current,
                 name=patch.name if patch.name is not None else current.name,
                 ipoib=patch.ipoib if patch.ipoib is not None else current.ipoib,
-                members=current.members,
-                keywords=current.keywords,
                 settings=settings,
                 defmember=patch.defmember if "defmember" in patch.present else current.defmember,
                 indx0=patch.indx0 if patch.indx0 is not None else current.indx0,
@@ -176,108 +265,188 @@ class PartitionService:
                 raise ConflictError(f"a partition named {changed.name!r} already exists", "name")
             if current.ipoib and settings != current.settings:
                 log.warning("group_flags_need_recreate", pkey=str(current.pkey))
-            repo.set_fields(row, changed, _now())
+            repo.set_fields(row, changed, tx.now)
             if changed.mgroups != current.mgroups:
                 await repo.replace_mgroups(row, changed.mgroups)
-            await repo.bump_generation(row)
-            return to_domain(row)
+            generation = await record(tx, opts, "update", [_delta(current, changed)])
+            row.generation = generation
+            await tx.session.flush()
+            after = replace(changed, generation=generation)
+            tx.updates[pkey.value] = after
+            return after
 
-    async def delete_partition(self, pkey: PKey) -> None:
+        return op
+
+    def delete_op(self, pkey: PKey, opts: WriteOptions = NO_OPTIONS) -> Op[None]:
         if pkey.is_default:
             raise ConflictError("the Default partition 0x7fff cannot be deleted", "pkey")
-        async with self._write() as repo:
-            row = await self._existing(repo, pkey)
-            await repo.delete_partition(row)
-            await repo.bump_generation()
+
+        async def op(tx: Tx) -> None:
+            row = await self._existing(tx.repo, pkey)
+            check_match(opts.if_match, pkey, row.generation)
+            before = to_domain(row)
+            await tx.repo.delete_partition(row)
+            await record(tx, opts, "delete", [_delta(before, None)])
+            tx.updates[pkey.value] = None
+
+        return op
+
+    # -- members (pkeyd.member_writes) and history (pkeyd.restore) -----------
+
+    def add_members_op(
+        self,
+        pkey: PKey,
+        member_specs: Sequence[MemberSpec],
+        keyword_specs: Sequence[MemberSpec],
+        opts: WriteOptions = NO_OPTIONS,
+    ) -> Op[Partition]:
+        """Add members or change their membership; others stay."""
+        return self.members.add_members_op(pkey, member_specs, keyword_specs, opts)
+
+    def replace_members_op(
+        self,
+        pkey: PKey,
+        member_specs: Sequence[MemberSpec],
+        keyword_specs: Sequence[MemberSpec],
+        opts: WriteOptions = NO_OPTIONS,
+    ) -> Op[Partition]:
+        """Make these the partition's whole member list (GUIDs and keywords)."""
+        return self.members.replace_members_op(pkey, member_specs, keyword_specs, opts)
+
+    def remove_members_op(
+        self,
+        pkey: PKey,
+        targets: Sequence[PortGuid | str],
+        *,
+        missing_ok: bool = False,
+        field: str = "guids",
+        opts: WriteOptions = NO_OPTIONS,
+    ) -> Op[Partition]:
+        """Remove GUIDs or keywords; a non-member fails it (404) unless ``missing_ok``."""
+        return self.members.remove_members_op(
+            pkey, targets, missing_ok=missing_ok, field=field, opts=opts
+        )
+
+    def restore_op(self, generation: int, opts: WriteOptions = NO_OPTIONS) -> Op[int | None]:
+        """Make the desired state what it was right after revision `generation`."""
+        return restore_op(generation, opts)
+
+    # -- the same use-cases, committed with default options ------------------
+
+    async def create_partition(self, draft: PartitionDraft) -> Partition:
+        return await self._committer.run(self.create_op(draft))
+
+    async def patch_partition(self, pkey: PKey, patch: PartitionPatch) -> Partition:
+        return await self._committer.run(self.patch_op(pkey, patch))
+
+    async def delete_partition(self, pkey: PKey) -> None:
+        await self._committer.run(self.delete_op(pkey))
 
     async def add_members(
         self, pkey: PKey, member_specs: Sequence[MemberSpec], keyword_specs: Sequence[MemberSpec]
     ) -> Partition:
-        async with self._write() as repo:
-            row = await self._existing(repo, pkey)
-            default = Membership(row.defmember) if row.defmember else None
-            members = self._members(member_specs, default)
-            keywords = self._keywords(keyword_specs, default)
-            await self._capacity.check(repo, pkey, members, keywords, row)
-            if await repo.upsert_members(row, members, keywords, _now()):
-                await repo.bump_generation(row)
-            return to_domain(row)
+        return await self._committer.run(self.add_members_op(pkey, member_specs, keyword_specs))
 
     async def replace_members(
         self, pkey: PKey, member_specs: Sequence[MemberSpec], keyword_specs: Sequence[MemberSpec]
     ) -> Partition:
-        """Make these the partition's whole member list (GUIDs and keywords)."""
-        async with self._write() as repo:
-            row = await self._existing(repo, pkey)
-            default = Membership(row.defmember) if row.defmember else None
-            members = self._members(member_specs, default)
-            keywords = self._keywords(keyword_specs, default)
-            await self._capacity.check(repo, pkey, members, keywords, row)
-            if await repo.replace_members(row, members, keywords, _now()):
-                await repo.bump_generation(row)
-            return to_domain(row)
+        op = self.replace_members_op(pkey, member_specs, keyword_specs)
+        return await self._committer.run(op)
 
     async def remove_members(
         self, pkey: PKey, targets: Sequence[PortGuid | str], *, missing_ok: bool = False
     ) -> Partition:
-        """Remove several GUIDs or keywords in one change.
-
-        Unless ``missing_ok``, a target that is not a member fails the whole
-        request (404 naming it) and nothing is removed.
-        """
-        async with self._write() as repo:
-            row = await self._existing(repo, pkey)
-            wanted = [str(t) for t in targets]
-            present = {m.guid for m in row.members} | {k.keyword for k in row.keywords}
-            absent = [t for t in wanted if t not in present]
-            if absent and not missing_ok:
-                shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
-                raise NotFoundError(f"not members of {pkey}: {shown}", "guids")
-            if len(absent) < len(wanted):
-                await repo.remove_members(row, wanted, _now())
-                await repo.bump_generation(row)
-            return to_domain(row)
+        return await self._committer.run(
+            self.remove_members_op(pkey, targets, missing_ok=missing_ok)
+        )
 
     async def remove_member(self, pkey: PKey, target: PortGuid | str) -> None:
-        async with self._write() as repo:
-            row = await self._existing(repo, pkey)
-            if not await repo.remove_member(row, str(target), _now()):
-                raise NotFoundError(f"{target} is not a member of {pkey}", "guid")
-            await repo.bump_generation(row)
+        await self._committer.run(self.remove_members_op(pkey, [target], field="guid"))
+
+    async def restore(self, generation: int) -> int | None:
+        return await self._committer.run(self.restore_op(generation))
 
     async def replace_all(self, partitions: Sequence[Partition]) -> int:
         """Make these the whole desired state (import). Returns the new generation."""
-        async with self._write() as repo:
-            await repo.delete_all_partitions_but_default()
-            now = _now()
-            rows = []
-            for partition in partitions:
-                if partition.is_default:
-                    await repo.delete_partition(await self._existing(repo, partition.pkey))
-                rows.append(await repo.add_partition(partition, now))
-            generation = await repo.bump_generation()
-            for row in rows:
-                row.generation = generation
-            return generation
+        return await self._committer.run(replace_all_op(partitions, NO_OPTIONS))
+
+    # -- reads ---------------------------------------------------------------
 
     async def get_partition(self, pkey: PKey) -> Partition:
+        cached = self.cache.get(pkey.value)
+        if cached is not None:
+            return cached
+        epoch = self.cache.epoch
         async with self._sessions() as session, session.begin():
-            return to_domain(await self._existing(Repository(session), pkey))
+            row = await Repository(session).get_partition(pkey)
+            if row is None:
+                raise NotFoundError(f"no partition {pkey}", "pkey")
+            partition = to_domain(row)
+        self.cache.loaded(partition, epoch)
+        return partition
 
     async def list_partitions(self) -> list[Partition]:
         async with self._sessions() as session, session.begin():
             return [to_domain(r) for r in await Repository(session).list_partitions()]
 
+    async def list_page(
+        self, flt: PartitionFilter, after: int | None, limit: int
+    ) -> tuple[list[Partition], bool]:
+        """A page of partitions by PKey, after `after`; and whether more follow."""
+        async with self._sessions() as session, session.begin():
+            rows = await partition_page(session, flt, after, limit + 1)
+            return [to_domain(r) for r in rows[:limit]], len(rows) > limit
+
+    async def port_partitions(self, guid: PortGuid) -> list[dict[str, object]]:
+        async with self._sessions() as session, session.begin():
+            return await port_partitions(session, str(guid))
+
+    async def revisions(
+        self, *, before: int | None, pkey: PKey | None, limit: int
+    ) -> list[journal.Revision]:
+        async with self._sessions() as session, session.begin():
+            return await journal.revisions(session, before=before, pkey=pkey, limit=limit)
+
+    async def revision(self, generation: int) -> tuple[journal.Revision, str]:
+        """A revision and the unified diff of its partitions' lines as it made them."""
+        async with self._sessions() as session, session.begin():
+            found = await journal.revision(session, generation)
+            if found is None:
+                raise NotFoundError(f"no revision {generation}", "id")
+            return found, await rendered_diff(session, found)
+
     async def desired_generation(self) -> int:
         async with self._sessions() as session, session.begin():
             return await Repository(session).generation()
 
-    @staticmethod
-    async def _existing(repo: Repository, pkey: PKey) -> PartitionRow:
-        row = await repo.get_partition(pkey)
-        if row is None:
-            raise NotFoundError(f"no partition {pkey}", "pkey")
-        return row
+    # -- noticing other processes' writes ------------------------------------
+
+    async def refresh_cache(self) -> int:
+        """Drop cached partitions another process changed. Returns how many.
+
+        Under the commit gate: else a commit of this process could show in the
+        scan before it shows in the cache, and be taken for another's.
+        """
+        async with self._sessions() as session, session.begin(), self._committer.gate:
+            generation = await Repository(session).generation()
+            if generation == self.cache.synced_generation:
+                return 0
+            stored = (
+                await session.execute(select(PartitionRow.pkey, PartitionRow.generation))
+            ).all()
+            return self.cache.resync(generation, [(p, g) for p, g in stored])
+
+    async def keep_cache_fresh(self) -> None:
+        """The loop behind the cache's staleness bound; runs until cancelled."""
+        while True:
+            try:
+                dropped = await self.refresh_cache()
+                if dropped:
+                    log.info("cache_entries_dropped", count=dropped)
+            except Exception as exc:  # a database hiccup: reads fall back to loads
+                self.cache.clear()
+                log.warning("cache_refresh_failed", error=repr(exc))
+            await asyncio.sleep(self._settings.cache_refresh_s)
 
 
 async def load_desired_state(sessions: async_sessionmaker[AsyncSession]) -> DesiredState:
@@ -286,8 +455,10 @@ async def load_desired_state(sessions: async_sessionmaker[AsyncSession]) -> Desi
         return await Repository(session).desired_state()
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _delta(before: Partition | None, after: Partition | None) -> PartitionDelta:
+    delta = history.diff(before, after)
+    assert delta is not None
+    return delta
 
 
 def _conflict(exc: IntegrityError) -> ConflictError:

@@ -15,9 +15,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pkeyd.api.auth import authenticate, token_routes
+from pkeyd.api.bodies import PartitionBodies
 from pkeyd.api.fabric_routes import fabric_routes
+from pkeyd.api.history_routes import history_routes
 from pkeyd.api.keys import (
     BACKGROUND_TASKS,
+    BODIES,
     METRICS,
     RECONCILER,
     SERVICE,
@@ -28,10 +31,12 @@ from pkeyd.api.keys import (
 )
 from pkeyd.api.middleware import request_context
 from pkeyd.api.openapi import openapi_routes
+from pkeyd.api.query_routes import query_routes
 from pkeyd.api.routes import routes
 from pkeyd.api.ufm_clock import last_updated_ctx
 from pkeyd.api.ufm_routes import ufm_routes
 from pkeyd.auth import TokenCache, TokenService
+from pkeyd.cache import PartitionCache
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.configfile import runtime_update
@@ -40,8 +45,9 @@ from pkeyd.metrics import Metrics
 from pkeyd.notify import Notifier, heartbeat, stuck_limit
 from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
 from pkeyd.reconcile import Reconciler
-from pkeyd.service import PartitionService, load_desired_state
-from pkeyd.store.engine import ensure_schema, make_engine, make_sessionmaker
+from pkeyd.service import PartitionService
+from pkeyd.snapshots import DesiredStateLoader
+from pkeyd.store.engine import ensure_schema, make_engine, make_sessionmaker, make_sync_engine
 from pkeyd.verification import LocalReader, ReaderFactory, Verifier, open_smp_source
 
 log = structlog.get_logger("pkeyd.app")
@@ -74,7 +80,10 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
+    app[BODIES] = PartitionBodies()
     app.add_routes(routes)
+    app.add_routes(query_routes)
+    app.add_routes(history_routes)
     app.add_routes(fabric_routes)
     app.add_routes(openapi_routes)
     app.add_routes(ufm_routes())
@@ -101,17 +110,24 @@ def _lifecycle(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         engine = make_engine(settings.db_url)
+        blocking = make_sync_engine(settings.db_url)
         tasks: dict[str, asyncio.Task[None]] = {}
         try:
             await ensure_schema(engine)
             sessions = make_sessionmaker(engine)
             metrics = app[METRICS]
             capacity = CapacityGuard(settings.default_partition_cap)
-            reconciler = Reconciler(
-                settings, partial(load_desired_state, sessions), reloader, metrics
-            )
+            # The reconciler's loader takes unchanged partitions from the API's cache.
+            cache = PartitionCache()
+            gate = asyncio.Lock()
+            loader = DesiredStateLoader(sessions, cache.at, gate)
+            reconciler = Reconciler(settings, loader.load, reloader, metrics)
             app[RECONCILER] = reconciler
-            app[SERVICE] = PartitionService(sessions, settings, reconciler.committed, capacity)
+            service = PartitionService(
+                sessions, settings, reconciler.committed, capacity, cache, blocking, gate
+            )
+            app[SERVICE] = service
+            tasks["cache"] = _guarded(service.keep_cache_fresh(), "pkeyd-cache")
             app[VERIFIER] = None
             if open_reader is not None:
                 verifier = Verifier(
@@ -137,7 +153,11 @@ def _lifecycle(
             for task in tasks.values():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if SERVICE in app:
+                await app[SERVICE].aclose()
             await engine.dispose()
+            if blocking is not None:
+                blocking.dispose()
 
     return ctx
 

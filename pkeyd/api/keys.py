@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from pkeyd.api.bodies import PartitionBodies
 from pkeyd.auth import TokenCache, TokenService
 from pkeyd.config import Settings
 from pkeyd.metrics import Metrics
@@ -18,6 +19,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SERVICE = web.AppKey("service", PartitionService)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 VERIFIER: web.AppKey[Verifier | None] = web.AppKey("verifier")
+BODIES = web.AppKey("bodies", PartitionBodies)
 BACKGROUND_TASKS = web.AppKey("background_tasks", dict[str, asyncio.Task[None]])
 TOKEN_SERVICE = web.AppKey("token_service", TokenService)
 TOKEN_CACHE = web.AppKey("token_cache", TokenCache)

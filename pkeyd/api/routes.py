@@ -8,10 +8,32 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pkeyd.api.fabric_routes import verification_status
-from pkeyd.api.keys import BACKGROUND_TASKS, METRICS, RECONCILER, SERVICE, SETTINGS, VERIFIER
-from pkeyd.api.schemas import partition_json, read_json_object
-from pkeyd.domain import KEYWORDS, PKey, PortGuid
-from pkeyd.drafts import PartitionDraft, PartitionPatch, parse_member_change
+from pkeyd.api.keys import (
+    BACKGROUND_TASKS,
+    BODIES,
+    METRICS,
+    RECONCILER,
+    SERVICE,
+    SETTINGS,
+    VERIFIER,
+)
+from pkeyd.api.schemas import read_json_object
+from pkeyd.api.writing import (
+    check_count,
+    member_limit,
+    no_content,
+    options,
+    partition_answer,
+    write,
+)
+from pkeyd.domain import KEYWORDS, Partition, PKey, PortGuid
+from pkeyd.drafts import (
+    PartitionDraft,
+    PartitionPatch,
+    parse_member_change,
+    parse_member_removal,
+)
+from pkeyd.writes import Answer, partition_etag
 
 routes = web.RouteTableDef()
 
@@ -20,49 +42,84 @@ def _pkey(request: web.Request) -> PKey:
     return PKey.parse(request.match_info["pkey"], "pkey")
 
 
-@routes.get("/api/v1/partitions")
-async def list_partitions(request: web.Request) -> web.Response:
-    partitions = await request.app[SERVICE].list_partitions()
-    return web.json_response({"partitions": [partition_json(p) for p in partitions]})
-
-
 @routes.post("/api/v1/partitions")
 async def create_partition(request: web.Request) -> web.Response:
-    draft = PartitionDraft.parse(await read_json_object(request))
-    partition = await request.app[SERVICE].create_partition(draft)
-    return web.json_response(
-        partition_json(partition),
-        status=201,
-        headers={"Location": f"/api/v1/partitions/{partition.pkey}"},
-    )
+    body = await read_json_object(request)
+    check_count(body, ("members", "keywords"), member_limit(request))
+    draft = PartitionDraft.parse(body)
+
+    def answer(partition: Partition) -> Answer:
+        location = f"/api/v1/partitions/{partition.pkey}"
+        return partition_answer(partition, 201, Location=location)
+
+    opts = options(request, body=body, answer=answer)
+    return await write(request, request.app[SERVICE].create_op(draft, opts), opts, answer)
 
 
 @routes.get("/api/v1/partitions/{pkey}")
 async def get_partition(request: web.Request) -> web.Response:
     partition = await request.app[SERVICE].get_partition(_pkey(request))
-    return web.json_response(partition_json(partition))
+    tag = partition_etag(partition)
+    if tag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers={"ETag": tag})
+    return web.Response(
+        body=request.app[BODIES].partition(partition),
+        content_type="application/json",
+        headers={"ETag": tag},
+    )
 
 
 @routes.patch("/api/v1/partitions/{pkey}")
 async def patch_partition(request: web.Request) -> web.Response:
     pkey = _pkey(request)
     patch = PartitionPatch.parse(await read_json_object(request))
-    partition = await request.app[SERVICE].patch_partition(pkey, patch)
-    return web.json_response(partition_json(partition))
+    opts = options(request)
+    op = request.app[SERVICE].patch_op(pkey, patch, opts)
+    return await write(request, op, opts, partition_answer)
 
 
 @routes.delete("/api/v1/partitions/{pkey}")
 async def delete_partition(request: web.Request) -> web.Response:
-    await request.app[SERVICE].delete_partition(_pkey(request))
-    return web.Response(status=204)
+    """A repeated DELETE answers 404: the partition is gone either way."""
+    opts = options(request)
+    op = request.app[SERVICE].delete_op(_pkey(request), opts)
+    return await write(request, op, opts, no_content)
+
+
+async def _member_body(request: web.Request) -> tuple[dict[str, Any], Any, Any]:
+    body = await read_json_object(request)
+    check_count(body, ("members", "keywords"), member_limit(request))
+    members, keywords = parse_member_change(body)
+    return body, members, keywords
 
 
 @routes.post("/api/v1/partitions/{pkey}/members")
 async def add_members(request: web.Request) -> web.Response:
     pkey = _pkey(request)
-    members, keywords = parse_member_change(await read_json_object(request))
-    partition = await request.app[SERVICE].add_members(pkey, members, keywords)
-    return web.json_response(partition_json(partition))
+    body, members, keywords = await _member_body(request)
+    opts = options(request, body=body, answer=partition_answer)
+    op = request.app[SERVICE].add_members_op(pkey, members, keywords, opts)
+    return await write(request, op, opts, partition_answer)
+
+
+@routes.put("/api/v1/partitions/{pkey}/members")
+async def replace_members(request: web.Request) -> web.Response:
+    pkey = _pkey(request)
+    _, members, keywords = await _member_body(request)
+    opts = options(request)
+    op = request.app[SERVICE].replace_members_op(pkey, members, keywords, opts)
+    return await write(request, op, opts, partition_answer)
+
+
+@routes.post("/api/v1/partitions/{pkey}/members/remove")
+async def remove_members(request: web.Request) -> web.Response:
+    pkey = _pkey(request)
+    body = await read_json_object(request)
+    check_count(body, ("guids", "keywords"), member_limit(request))
+    targets, missing_ok = parse_member_removal(body)
+    opts = options(request, body=body, answer=partition_answer)
+    op = request.app[SERVICE].remove_members_op(pkey, targets, missing_ok=missing_ok, opts=opts)
+    return await write(request, op, opts, partition_answer)
 
 
 @routes.delete("/api/v1/partitions/{pkey}/members/{guid}")
@@ -70,8 +127,9 @@ async def remove_member(request: web.Request) -> web.Response:
     pkey = _pkey(request)
     raw = request.match_info["guid"]
     target = raw if raw in KEYWORDS else PortGuid.parse(raw, "guid")
-    await request.app[SERVICE].remove_member(pkey, target)
-    return web.Response(status=204)
+    opts = options(request)
+    op = request.app[SERVICE].remove_members_op(pkey, [target], field="guid", opts=opts)
+    return await write(request, op, opts, no_content)
 
 
 @routes.get("/api/v1/status")

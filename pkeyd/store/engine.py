@@ -13,8 +13,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, inspect
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -48,6 +48,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    # The driver would open transactions lazily, before the first write only,
+    # which breaks SAVEPOINTs and makes reads see no snapshot; pkeyd emits
+    # BEGIN itself (below) instead.
+    dbapi_conn.isolation_level = None
+
+
+# A connection given this execution option opens a write transaction. SQLite
+# then takes the write lock at BEGIN (IMMEDIATE), so the generation read first
+# cannot be overtaken by another process before the commit.
+WRITE_TRANSACTION = "pkeyd_write_transaction"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get(WRITE_TRANSACTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -57,8 +72,25 @@ def make_engine(url: str) -> AsyncEngine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def make_sync_engine(url: str) -> Engine | None:
+    """A blocking engine on the same SQLite file, for writes run whole in a worker thread.
+
+    Each statement through the asyncio driver costs a thread hop; a group of
+    member writes done in one thread call costs one. None for other databases,
+    which keep the asyncio path.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -143,3 +144,51 @@ class TokenRow(Base):
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RevisionRow(Base):
+    """One committed change, named by the generation it got: who, when, what."""
+
+    __tablename__ = "revisions"
+
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    actor: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    # The revision this one restored, for a restore.
+    restored: Mapped[int | None] = mapped_column(Integer)
+    changes: Mapped[list[RevisionChangeRow]] = relationship(
+        back_populates="revision",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="RevisionChangeRow.pkey",
+    )
+
+
+class RevisionChangeRow(Base):
+    """What one revision did to one partition: a delta that can be undone (JSON)."""
+
+    __tablename__ = "revision_changes"
+
+    generation: Mapped[int] = mapped_column(
+        ForeignKey("revisions.generation", ondelete="CASCADE"), primary_key=True
+    )
+    pkey: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
+    delta: Mapped[str] = mapped_column(Text, nullable=False)
+    revision: Mapped[RevisionRow] = relationship(back_populates="changes")
+
+
+class IdempotencyRow(Base):
+    """The answer to a POST sent with an Idempotency-Key, stored with its change."""
+
+    __tablename__ = "idempotency_keys"
+
+    actor: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    # {"body": ..., "headers": {...}} as JSON text.
+    response: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, index=True
+    )

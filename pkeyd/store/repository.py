@@ -30,7 +30,7 @@ from pkeyd.store.models import (
     StateRow,
 )
 
-_LOAD = (
+LOAD_ALL = (
     selectinload(PartitionRow.members),
     selectinload(PartitionRow.keywords),
     selectinload(PartitionRow.mgroups),
@@ -117,13 +117,13 @@ class Repository:
 
     async def list_partitions(self) -> list[PartitionRow]:
         result = await self._session.scalars(
-            select(PartitionRow).options(*_LOAD).order_by(PartitionRow.pkey)
+            select(PartitionRow).options(*LOAD_ALL).order_by(PartitionRow.pkey)
         )
         return list(result)
 
     async def get_partition(self, pkey: PKey) -> PartitionRow | None:
         return await self._session.scalar(
-            select(PartitionRow).options(*_LOAD).where(PartitionRow.pkey == pkey.value)
+            select(PartitionRow).options(*LOAD_ALL).where(PartitionRow.pkey == pkey.value)
         )
 
     async def name_taken(self, name: str) -> bool:
@@ -303,8 +303,8 @@ class Repository:
             [None]
             if wanted is None
             else [
-                wanted[i : i + 500]
-                for i in range(0, len(wanted), 500)  # bind-parameter limits
+                wanted[i : i + 5000]
+                for i in range(0, len(wanted), 5000)  # under bind-parameter limits
             ]
         )
         found: dict[str, set[int]] = {}

@@ -54,7 +54,7 @@ async def test_create_get_list_and_render(daemon: Daemon) -> None:
     assert await daemon.json("GET", "/api/v1/partitions/0xA12", 200) == created
     listed = await daemon.json("GET", "/api/v1/partitions", 200)
     default = await daemon.json("GET", "/api/v1/partitions/0x7fff", 200)
-    assert listed == {"partitions": [created, default]}
+    assert listed == {"partitions": [created, default], "next_cursor": None}
     status = await daemon.wait_applied()
     assert status["desired_generation"] == 1
     assert status["last_reload"]["result"] == "ok"
@@ -225,7 +225,7 @@ async def test_server_errors_never_leak_a_traceback(
     async def broken() -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(daemon.app[SERVICE], "list_partitions", broken)
+    monkeypatch.setattr(daemon.app[SERVICE], "list_page", broken)
     resp = await daemon.client.get("/api/v1/partitions")
     text = await resp.text()
     assert resp.status == 500

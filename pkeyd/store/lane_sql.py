@@ -1,0 +1,187 @@
+"""The statements of grouped member writes, as blocking calls on one connection.
+
+Written once, run two ways: inside the asyncio transaction of a group
+commit (through AsyncSession.run_sync), or whole in a worker thread on a
+blocking SQLite connection, where a group of writes costs one thread hop
+instead of one per statement. Never commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection
+
+from pkeyd.domain import PKey
+from pkeyd.history import MemberChange, MemberState
+from pkeyd.store.journal import NewRevision
+from pkeyd.store.models import (
+    KeywordMemberRow,
+    MemberRow,
+    PartitionRow,
+    RevisionChangeRow,
+    RevisionRow,
+    StateRow,
+)
+
+# Bound parameters per statement stay well under SQLite's and asyncpg's limits.
+_BATCH = 5000
+_INSERT_BATCH = 10_000
+_MEMBERS = cast(Table, MemberRow.__table__)
+_KEYWORDS = cast(Table, KeywordMemberRow.__table__)
+_PARTITIONS = cast(Table, PartitionRow.__table__)
+_REVISIONS = cast(Table, RevisionRow.__table__)
+_CHANGES = cast(Table, RevisionChangeRow.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A partition's identity and the columns a member write needs."""
+
+    id: int
+    pkey: PKey
+    generation: int
+    defmember: str | None
+
+
+def locked_generation(conn: Connection) -> int:
+    # FOR UPDATE serialises writers of other processes on a shared server
+    # database; SQLite's BEGIN IMMEDIATE has already taken the write lock.
+    value = conn.scalar(
+        select(StateRow.desired_generation).where(StateRow.id == 1).with_for_update()
+    )
+    return int(value or 0)
+
+
+def set_generation(conn: Connection, generation: int) -> None:
+    conn.execute(update(StateRow).where(StateRow.id == 1).values(desired_generation=generation))
+
+
+def heads(conn: Connection, pkeys: Sequence[int]) -> dict[int, Head]:
+    rows = conn.execute(
+        select(
+            PartitionRow.id, PartitionRow.pkey, PartitionRow.generation, PartitionRow.defmember
+        ).where(PartitionRow.pkey.in_(pkeys))
+    )
+    return {r.pkey: Head(r.id, PKey(r.pkey), r.generation, r.defmember) for r in rows.all()}
+
+
+def states_of(conn: Connection, named: Mapping[int, set[str]]) -> dict[int, dict[str, MemberState]]:
+    """The stored state of the GUIDs named per partition id (absent: not a member)."""
+    found: dict[int, dict[str, MemberState]] = {pid: {} for pid in named}
+    guids = sorted(set().union(*named.values())) if named else []
+    query = select(MemberRow.partition_id, MemberRow.guid, MemberRow.membership, MemberRow.index0)
+    if len(guids) > _BATCH:
+        # Many names: one scan of each partition beats many IN lists.
+        for pid, wanted in named.items():
+            rows = conn.execute(query.where(MemberRow.partition_id == pid))
+            found[pid] = {g: (m, i) for _, g, m, i in rows.all() if g in wanted}
+        return found
+    if guids:
+        rows = conn.execute(
+            query.where(MemberRow.partition_id.in_(list(named)), MemberRow.guid.in_(guids))
+        )
+        for pid, g, m, i in rows.all():
+            if g in named[pid]:
+                found[pid][g] = (m, i)
+    return found
+
+
+def explicit_pkeys(conn: Connection, guids: Iterable[str]) -> dict[str, set[int]]:
+    """PKeys of the partitions that list each GUID."""
+    wanted = sorted(guids)
+    found: dict[str, set[int]] = {}
+    query = select(MemberRow.guid, PartitionRow.pkey).join(PartitionRow)
+    for start in range(0, len(wanted), _BATCH):
+        batch = wanted[start : start + _BATCH]
+        for guid, pkey in conn.execute(query.where(MemberRow.guid.in_(batch))).all():
+            found.setdefault(str(guid), set()).add(int(pkey))
+    return found
+
+
+def ca_keyword_pkeys(conn: Connection) -> set[int]:
+    """PKeys of the partitions whose keywords cover every CA port (ALL, ALL_CAS)."""
+    rows = conn.execute(
+        select(PartitionRow.pkey)
+        .join(KeywordMemberRow)
+        .where(KeywordMemberRow.keyword.in_(("ALL", "ALL_CAS")))
+        .distinct()
+    )
+    return {int(p) for (p,) in rows.all()}
+
+
+def write_many(conn: Connection, changes: Iterable[tuple[int, MemberChange]]) -> None:
+    """Make member changes of any partitions: deletes, inserts, updates, each one statement."""
+    tables = {False: (_MEMBERS, "guid"), True: (_KEYWORDS, "keyword")}
+    added: dict[bool, list[dict[str, object]]] = {False: [], True: []}
+    altered: dict[bool, list[dict[str, object]]] = {False: [], True: []}
+    gone: dict[bool, list[dict[str, object]]] = {False: [], True: []}
+    for pid, change in changes:
+        keyword = change.is_keyword
+        if change.after is None:
+            gone[keyword].append({"pid": pid, "target": change.target})
+        elif change.before is None:
+            added[keyword].append(
+                {
+                    "partition_id": pid,
+                    tables[keyword][1]: change.target,
+                    "membership": change.after[0],
+                    "index0": change.after[1],
+                }
+            )
+        else:
+            altered[keyword].append(
+                {"pid": pid, "target": change.target, "to_membership": change.after[0],
+                 "to_index0": change.after[1]}
+            )  # fmt: skip
+    for keyword, (table, key) in tables.items():
+        match = (table.c.partition_id == bindparam("pid"), table.c[key] == bindparam("target"))
+        if gone[keyword]:
+            conn.execute(delete(table).where(*match), gone[keyword])
+        rows = added[keyword]
+        for start in range(0, len(rows), _INSERT_BATCH):
+            conn.execute(insert(table), rows[start : start + _INSERT_BATCH])
+        if altered[keyword]:
+            conn.execute(
+                update(table)
+                .where(*match)
+                .values(membership=bindparam("to_membership"), index0=bindparam("to_index0")),
+                altered[keyword],
+            )
+
+
+def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) -> None:
+    """Several revisions in two statements."""
+    if not new:
+        return
+    conn.execute(
+        insert(_REVISIONS),
+        [
+            {"generation": r.generation, "at": at, "actor": r.actor, "action": r.action,
+             "restored": None}
+            for r in new
+        ],
+    )  # fmt: skip
+    conn.execute(
+        insert(_CHANGES),
+        [
+            {"generation": r.generation, "pkey": d.pkey.value, "delta": d.dumps()}
+            for r in new
+            for d in r.deltas
+        ],
+    )
+
+
+def stamp_many(conn: Connection, generations: Mapping[int, int], now: datetime) -> None:
+    """Give each partition (by id) the generation of the last change made to it."""
+    if generations:
+        conn.execute(
+            update(_PARTITIONS)
+            .where(_PARTITIONS.c.id == bindparam("pid"))
+            .values(generation=bindparam("to_generation"), updated_at=bindparam("to_updated")),
+            [{"pid": pid, "to_generation": g, "to_updated": now} for pid, g in generations.items()],
+        )
