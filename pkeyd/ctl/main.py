@@ -107,16 +107,17 @@ def cmd_ports(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
 def cmd_revisions(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
     if args.id is not None:
         answer = api.call("GET", f"/api/v1/revisions/{segment(args.id)}")
-        return answer, show.block(answer) if isinstance(answer, dict) else show.cell(answer)
-    answer = api.call("GET", "/api/v1/revisions")
-    items = answer.get("revisions", []) if isinstance(answer, dict) else answer
-    return answer, show.generic_table(items)
+        return answer, show.revision(answer)
+    query = f"?pkey={segment(args.pkey)}" if args.pkey else ""
+    answer = api.call("GET", f"/api/v1/revisions{query}")
+    return answer, show.revisions(answer.get("revisions", []))
 
 
 def cmd_restore(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
     answer = api.call("POST", f"/api/v1/revisions/{segment(args.id)}/restore")
-    shown = show.block(answer) if isinstance(answer, dict) and answer else ""
-    return answer, f"restored revision {args.id}\n" + shown
+    if not answer.get("changed"):
+        return answer, f"the desired state already is as of revision {args.id}\n"
+    return answer, f"restored revision {args.id} as generation {answer.get('generation')}\n"
 
 
 def cmd_tokens(api: Api, args: argparse.Namespace) -> tuple[Any, str]:
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("ports", cmd_ports, "ports' real PKey tables").add_argument("guids", nargs="+")
     revisions = command("revisions", cmd_revisions, "the desired state's history, or one entry")
     revisions.add_argument("id", nargs="?")
+    revisions.add_argument("--pkey", help="only the revisions that changed this PKey")
     command("restore", cmd_restore, "make a revision the desired state again").add_argument("id")
     tokens = command("tokens", cmd_tokens, "list, create or revoke API tokens (admin)")
     tokens.add_argument("action", choices=["list", "create", "revoke"])

@@ -95,3 +95,19 @@ def port(answer: Mapping[str, Any]) -> str:
     if answer.get("drift"):
         out += "\n" + drift(answer["drift"])
     return out
+
+
+def revisions(items: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        [r.get("id"), r.get("at"), r.get("actor"), r.get("action"), ",".join(r.get("pkeys", []))]
+        for r in items
+    ]
+    return table(["ID", "AT", "ACTOR", "ACTION", "PKEYS"], rows) if rows else "(none)\n"
+
+
+def revision(answer: Mapping[str, Any]) -> str:
+    """One revision: its fields, then the partitions.conf lines it changed."""
+    fields = {k: v for k, v in answer.items() if k not in ("changes", "diff")}
+    fields["pkeys"] = ",".join(answer.get("pkeys", [])) or "-"
+    diff = answer.get("diff") or "(no change to partitions.conf)\n"
+    return block(fields) + "\n" + (diff if diff.endswith("\n") else diff + "\n")

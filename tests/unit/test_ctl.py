@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from pkeyd.admin import open_store
-from pkeyd.api.app import create_app
 from pkeyd.auth import Role, TokenService
 from pkeyd.config import Settings
 from pkeyd.ctl.main import main
@@ -142,50 +141,43 @@ async def test_drift_without_verification_is_a_clear_refusal(daemon: Daemon) -> 
     assert "fabric_reader = off" in run.err
 
 
-@pytest.fixture
-async def with_revisions(
-    settings: Settings, reloader: CountingReloader
-) -> AsyncIterator[tuple[str, list[str]]]:
-    """The app plus stand-ins for the revision routes (served by pkeyd's history module)."""
-    app = create_app(settings, reloader=reloader)
-    restored: list[str] = []
-    items = [
-        {"id": 2, "generation": 2, "actor": "ops", "at": "2026-11-28T02:00:00+00:00"},
-        {"id": 1, "generation": 1, "actor": "anonymous", "at": "2026-11-28T01:00:00+00:00"},
-    ]
+async def test_revisions_and_restore(daemon: Daemon) -> None:
+    url = url_of(daemon.client)
+    await daemon.json("POST", "/api/v1/partitions", 201, json={"name": "t1", "pkey": "0x0a01"})
+    first = (await daemon.json("GET", "/api/v1/status", 200))["desired_generation"]
+    await daemon.json("POST", "/api/v1/partitions", 201, json={"name": "t2", "pkey": "0x0a02"})
 
-    async def listing(_request: web.Request) -> web.Response:
-        return web.json_response({"revisions": items})
-
-    async def one(request: web.Request) -> web.Response:
-        return web.json_response({**items[0], "partitions": []})
-
-    async def restore(request: web.Request) -> web.Response:
-        restored.append(request.match_info["id"])
-        return web.json_response({"restored": int(request.match_info["id"]), "generation": 3})
-
-    app.router.add_get("/api/v1/revisions", listing)
-    app.router.add_get("/api/v1/revisions/{id}", one)
-    app.router.add_post("/api/v1/revisions/{id}/restore", restore)
-    async with TestClient(TestServer(app)) as client:
-        yield url_of(client), restored
-
-
-async def test_revisions_and_restore(with_revisions: tuple[str, list[str]]) -> None:
-    url, restored = with_revisions
     listed = await pkeyctl(url, "revisions")
-    assert listed.out.splitlines()[0].split() == ["ID", "GENERATION", "ACTOR", "AT"]
-    assert listed.out.splitlines()[1].split()[:3] == ["2", "2", "ops"]
-    one = await pkeyctl(url, "revisions", "2")
+    assert listed.code == 0
+    lines = listed.out.splitlines()
+    assert lines[0].split() == ["ID", "AT", "ACTOR", "ACTION", "PKEYS"]
+    newest = lines[1].split()
+    assert newest[2] == "anonymous"
+    assert newest[-1] == "0x0a02"
+    only = await pkeyctl(url, "revisions", "--pkey", "0x0a01")
+    assert [line.split()[-1] for line in only.out.splitlines()[1:]] == ["0x0a01"]
+
+    one = await pkeyctl(url, "revisions", str(first))
+    assert one.code == 0
     assert "actor:" in one.out
-    done = await pkeyctl(url, "restore", "1")
-    assert done.code == 0
-    assert done.out.startswith("restored revision 1\n")
-    assert restored == ["1"]
+    assert "+# t1=0x0a01 : no members yet" in one.out  # the partitions.conf line it added
+    as_json = await pkeyctl(url, "--json", "revisions", str(first))
+    assert json.loads(as_json.out)["generation"] == first
+    assert json.loads(as_json.out)["at"].endswith("+00:00")  # aware, UTC, on SQLite too
+
+    done = await pkeyctl(url, "restore", str(first))
+    assert done.code == 0, done.err
+    assert done.out.startswith(f"restored revision {first} as generation ")
+    listing = await daemon.json("GET", "/api/v1/partitions", 200)
+    names = [p["name"] for p in listing["partitions"]]
+    assert "t1" in names
+    assert "t2" not in names
+    again = await pkeyctl(url, "restore", str(first))
+    assert again.out == f"the desired state already is as of revision {first}\n"
 
 
-async def test_revisions_on_a_pkeyd_without_history(daemon: Daemon) -> None:
-    run = await pkeyctl(url_of(daemon.client), "revisions")
+async def test_a_revision_that_does_not_exist_is_a_clear_refusal(daemon: Daemon) -> None:
+    run = await pkeyctl(url_of(daemon.client), "revisions", "999")
     assert run.code == 1
     assert run.err.startswith("pkeyctl: 404 not_found")
 
