@@ -18,8 +18,10 @@ from pkeyd.api.openapi_parts import Schema, error, json_content, obj, ref
 from pkeyd.api.openapi_ufm import SCHEMAS as UFM_SCHEMAS
 from pkeyd.api.openapi_ufm import TAG as UFM_TAG
 from pkeyd.api.openapi_ufm import ufm_paths
+from pkeyd.api.openapi_v1 import PKEY_PARAM, PORT_PARAM, body, errors, v1_paths
 from pkeyd.api.openapi_v1 import SCHEMAS as V1_SCHEMAS
-from pkeyd.api.openapi_v1 import body, errors, v1_paths
+from pkeyd.api.openapi_writes import SCHEMAS as WRITE_SCHEMAS
+from pkeyd.api.openapi_writes import list_paths, with_write_options
 
 openapi_routes = web.RouteTableDef()
 
@@ -114,6 +116,13 @@ def _with_auth(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
+def _api_v1_paths() -> dict[str, Any]:
+    paths = v1_paths()
+    for path, item in list_paths(errors, PKEY_PARAM, PORT_PARAM).items():
+        paths.setdefault(path, {}).update(item)
+    return with_write_options(paths)
+
+
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -130,9 +139,9 @@ def openapi_document() -> dict[str, Any]:
         ],
         # With auth off (or reads open) no credentials are needed: hence {}.
         "security": [{"bearer": []}, {"basic": []}, {}],
-        "paths": _with_auth({**v1_paths(), **_token_paths(), **ufm_paths()}),
+        "paths": _with_auth({**_api_v1_paths(), **_token_paths(), **ufm_paths()}),
         "components": {
-            "schemas": {**V1_SCHEMAS, **TOKEN_SCHEMAS, **UFM_SCHEMAS},
+            "schemas": {**V1_SCHEMAS, **WRITE_SCHEMAS, **TOKEN_SCHEMAS, **UFM_SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a pkeyd token"},
                 "basic": {

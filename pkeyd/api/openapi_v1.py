@@ -291,19 +291,6 @@ def v1_paths() -> dict[str, Any]:
     partition = json_content(ref("Partition"), "the partition")
     return {
         "/api/v1/partitions": {
-            "get": {
-                "summary": "All partitions, by PKey",
-                "operationId": "listPartitions",
-                "responses": {
-                    "200": json_content(
-                        obj(
-                            {"partitions": {"type": "array", "items": ref("Partition")}},
-                            ["partitions"],
-                        ),
-                        "the partitions",
-                    )
-                },
-            },
             "post": {
                 "summary": "Create a partition",
                 "operationId": "createPartition",
@@ -322,7 +309,23 @@ def v1_paths() -> dict[str, Any]:
             "get": {
                 "summary": "One partition",
                 "operationId": "getPartition",
-                "responses": {"200": partition, **errors("404", "422")},
+                "parameters": [
+                    {
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": False,
+                        "description": "an ETag: 304 while the partition still has it",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        **partition,
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "unchanged since that ETag"},
+                    **errors("404", "422"),
+                },
             },
             "patch": {
                 "summary": "Change fields of a partition (members have their own routes)",
@@ -344,6 +347,12 @@ def v1_paths() -> dict[str, Any]:
             "post": {
                 "summary": "Add members or change their membership",
                 "operationId": "addMembers",
+                "requestBody": body("MemberChange"),
+                "responses": {"200": partition, **errors(*WRITE_ERRORS, "404", "409")},
+            },
+            "put": {
+                "summary": "Replace the whole member list (GUIDs and keywords)",
+                "operationId": "replaceMembers",
                 "requestBody": body("MemberChange"),
                 "responses": {"200": partition, **errors(*WRITE_ERRORS, "404", "409")},
             },
