@@ -87,6 +87,31 @@ async def _scenario(d: Daemon) -> str:
     await d.json("POST", "/api/v1/partitions", 201, json={"name": "gone", "pkey": "0x0b00"})
     await d.json("DELETE", "/api/v1/partitions/0x0b00", 204)
     await d.json("POST", "/api/v1/partitions", 409, json={"name": "tenant-b"})
+    # The API's write options on this backend: PUT, bulk removal, If-Match,
+    # Idempotency-Key, a dry run, and a restore from the revision history.
+    await d.json(
+        "PUT",
+        "/api/v1/partitions/0x0001/members",
+        200,
+        json={"members": [{"guid": g} for g in guids[2:7]]},
+    )
+    await d.json(
+        "POST", "/api/v1/partitions/0x0001/members/remove", 200, json={"guids": guids[5:7]}
+    )
+    stale = await d.client.get("/api/v1/partitions/0x0001")
+    tag = stale.headers["ETag"]
+    await d.json("PATCH", "/api/v1/partitions/0x0001", 200, json={"ipoib": True})
+    await d.json("PATCH", "/api/v1/partitions/0x0001", 412, json={"ipoib": False},
+                 headers={"If-Match": tag})  # fmt: skip
+    key = {"Idempotency-Key": "create-c"}
+    once = await d.json("POST", "/api/v1/partitions", 201, json={"name": "c"}, headers=key)
+    twice = await d.json("POST", "/api/v1/partitions", 201, json={"name": "c"}, headers=key)
+    assert once == twice
+    dry = await d.json("DELETE", "/api/v1/partitions/0x0002?dry_run=true", 200)
+    assert dry["dry_run"] is True
+    history = await d.json("GET", "/api/v1/revisions?limit=1000", 200)
+    created_b = [r["id"] for r in history["revisions"] if r["action"] == "create"][-2]
+    await d.json("POST", f"/api/v1/revisions/{created_b}/restore", 200)
     await d.wait_applied()
     return d.settings.partitions_conf.read_text()
 
@@ -127,3 +152,16 @@ async def test_two_daemons_on_one_database_keep_names_and_pkeys_unique(
             assert sorted(r.status for r in answers) == [201, 409]
         listed = await a.json("GET", "/api/v1/partitions", 200)
         assert len([p for p in listed["partitions"] if p["name"].startswith("race-")]) == 10
+
+        # Both nodes adding members to one partition at once: no lost update.
+        async def add(node: Daemon, i: int) -> None:
+            member = {"guid": f"0x0002c90300{i:06x}"}
+            await node.json(
+                "POST", "/api/v1/partitions/0x0100/members", 200, json={"members": [member]}
+            )
+
+        await asyncio.gather(*(add(a if i % 2 else b, i) for i in range(1, 51)))
+        for node in (a, b):
+            await asyncio.sleep(node.settings.cache_refresh_s * 2)  # the other's writes
+            members = (await node.json("GET", "/api/v1/partitions/0x0100", 200))["members"]
+            assert len(members) == 50
