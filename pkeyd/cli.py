@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
-import signal
-import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import web
 
-from pkeyd import __version__, admin, configfile, logs, notify
-from pkeyd.config import DEFAULT_DB_URL, Settings, is_loopback
+from pkeyd import __version__, admin, configfile, logs
+from pkeyd.config import DEFAULT_DB_URL, Settings
 from pkeyd.configfile import DEFAULT_CONFIG_PATH, FIELDS, ConfigError
+from pkeyd.daemon import serve
 from pkeyd.errors import SchemaOutdatedError
 from pkeyd.opensm.check import run_check
-from pkeyd.tls import server_context
 from pkeyd.tokencli import add_token_parser, run_token_command
 
 log = structlog.get_logger("pkeyd.cli")
@@ -41,8 +37,6 @@ PRECEDENCE = (
     f"{DEFAULT_CONFIG_PATH} if it exists), built-in defaults. "
     "`pkeyd config show` prints the result."
 )
-# After SIGTERM, in-flight requests get this long to finish before they are cancelled.
-SHUTDOWN_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -368,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show_config(resolved)
         if args.command == "serve":
             settings = resolved.settings()
-            return _serve(settings, resolved, _rereader(args, environ, resolved))
+            return serve(settings, resolved.path, _rereader(args, environ, resolved))
         if args.command == "migrate":
             asyncio.run(admin.migrate_store(resolved.db_url))
             log.info("database_migrated")
@@ -439,71 +433,3 @@ def _rereader(
         return settings
 
     return reread
-
-
-def _serve(settings: Settings, resolved: Resolved, reread: Callable[[], Settings]) -> int:
-    tls = server_context(settings)
-    if settings.auth and tls is None and not is_loopback(settings.listen_host):
-        log.warning("tokens_sent_in_clear", hint="set tls_cert and tls_key")
-    # sd_notify: read once, and keep children (a reload command) from speaking for us.
-    env = notify.NotifyEnv.from_environ(os.environ, os.getpid())
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        os.environ.pop(name, None)
-    notifier = notify.Notifier.from_env(env)
-    log.info(
-        "pkeyd_starting",
-        version=__version__,
-        config=str(resolved.path) if resolved.path else None,
-        listen=f"{settings.listen_host}:{settings.listen_port}",
-        partitions_conf=str(settings.partitions_conf),
-        systemd_notify=notifier.enabled,
-        watchdog_s=env.watchdog_s,
-    )
-    try:
-        return asyncio.run(_run_daemon(settings, notifier, reread, tls))
-    finally:
-        notifier.close()
-
-
-async def _run_daemon(
-    settings: Settings,
-    notifier: notify.Notifier,
-    reread: Callable[[], Settings],
-    tls: ssl.SSLContext | None = None,
-) -> int:
-    """Serve until SIGTERM/SIGINT; then finish in-flight requests (bounded) and stop the loops."""
-    from pkeyd.api.app import create_app
-    from pkeyd.api.keys import RECONCILER
-
-    app = create_app(settings, notifier=notifier, reread_settings=reread)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await runner.setup()  # the store is open and the loops run
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=tls)
-        try:
-            await site.start()
-        except OSError as exc:
-            log.error("listen_failed", listen=f"{settings.listen_host}:{settings.listen_port}",
-                      error=str(exc))  # fmt: skip
-            return 1
-        log.info("pkeyd_listening", listen=f"{settings.listen_host}:{settings.listen_port}",
-                 tls=tls is not None, auth=settings.auth)  # fmt: skip
-        ready = asyncio.create_task(
-            notify.announce_ready(notifier, app[RECONCILER].first_pass_done, app[RECONCILER])
-        )
-        await stop.wait()
-        ready.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ready
-        log.info("pkeyd_stopping", grace_s=SHUTDOWN_GRACE_S)
-        notify.stopping(notifier)
-    finally:
-        await runner.cleanup()  # stop listening, finish requests, cancel and await the loops
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("pkeyd_stopped")
-    return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from pkeyd.cli import SHUTDOWN_GRACE_S
+from pkeyd.daemon import SHUTDOWN_GRACE_S
 from pkeyd.opensm.render import is_intact_render
 from pkeyd.opensm.writer import TEMP_MARK
 from tests.service.conftest import ChildDaemon
