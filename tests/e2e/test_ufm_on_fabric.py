@@ -26,6 +26,7 @@ from pkeyd.sim.daemon import DaemonProcess
 from pkeyd.sim.fabric import SimFabric
 from pkeyd.sim.pkeys import PKeyTables, pkey_membership, read_pkey_tables
 from pkeyd.sim.topology import fat_tree
+from tests.http import JsonApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -39,17 +40,8 @@ def _ufm(g: int) -> str:
     return f"{g:016x}"
 
 
-class UfmClient:
+class UfmClient(JsonApi):
     """Calls as the clients make them, plus the polling they do on last_updated."""
-
-    def __init__(self, http: aiohttp.ClientSession) -> None:
-        self.http = http
-
-    async def call(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
-        async with self.http.request(method, path, **kw) as resp:
-            body = await resp.json() if resp.content_type == "application/json" else None
-            assert resp.status == expect, (method, path, resp.status, body)
-            return body
 
     async def server_time(self) -> datetime:
         """What ib-kubernetes records before a change: the Date of a HEAD of ufm_version."""

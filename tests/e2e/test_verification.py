@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from pkeyd.sim.fabric import SimFabric
 from pkeyd.sim.pkeys import pkey_membership, read_pkey_tables
 from pkeyd.sim.topology import fat_tree
 from tests.fabric.probe_client import ProbeServer, ibsim_console
+from tests.http import JsonApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -37,29 +37,7 @@ def _guid(g: int) -> str:
     return f"0x{g:016x}"
 
 
-class Api:
-    def __init__(self, http: aiohttp.ClientSession) -> None:
-        self.http = http
-
-    async def call(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
-        async with self.http.request(method, path, **kw) as resp:
-            body = await resp.json() if resp.content_type == "application/json" else None
-            assert resp.status == expect, (resp.status, body)
-            return body
-
-    async def until(
-        self, path: str, check: Callable[[Any], bool], within_s: float = 20.0
-    ) -> tuple[Any, float]:
-        """Poll until `check` holds; the answer and the seconds it took."""
-        started = time.monotonic()
-        while True:
-            body = await self.call("GET", path)
-            if check(body):
-                return body, time.monotonic() - started
-            if time.monotonic() - started > within_s:
-                raise AssertionError(f"{path} never matched within {within_s} s: {body}")
-            await asyncio.sleep(0.1)
-
+class Api(JsonApi):
     async def verified(self) -> dict[str, Any]:
         def done(s: dict[str, Any]) -> bool:
             return bool(s["verified_generation"] == s["desired_generation"])

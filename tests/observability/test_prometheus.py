@@ -12,12 +12,10 @@ proof that the dashboard works the day it is imported.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import shutil
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from pkeyd.sim.daemon import DaemonProcess, free_port
 from pkeyd.sim.fabric import SimFabric
 from pkeyd.sim.topology import fat_tree
 from tests.fabric.probe_client import ProbeServer
+from tests.http import JsonApi
 from tests.observability.artifacts import (
     PROMETHEUS_SERIES,
     RULES,
@@ -53,26 +52,7 @@ def _guid(g: int) -> str:
     return f"0x{g:016x}"
 
 
-class Api:
-    def __init__(self, http: aiohttp.ClientSession) -> None:
-        self.http = http
-
-    async def call(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
-        async with self.http.request(method, path, **kw) as resp:
-            body = await resp.json() if resp.content_type == "application/json" else None
-            assert resp.status == expect, (method, path, resp.status, body)
-            return body
-
-    async def until(self, path: str, check: Callable[[Any], bool], within_s: float = 30.0) -> Any:
-        deadline = time.monotonic() + within_s
-        while True:
-            body = await self.call("GET", path)
-            if check(body):
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{path} never matched within {within_s} s: {body}")
-            await asyncio.sleep(0.1)
-
+class Api(JsonApi):
     async def converged(self) -> None:
         """Verified on the ports, and no drift left."""
         await self.until(
