@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,13 @@ log = structlog.get_logger("pkeyd.daemon")
 
 # After SIGTERM, in-flight requests get this long to finish before they are cancelled.
 SHUTDOWN_GRACE_S = 10.0
+# ...and the background loops this long more to stop. Past that the daemon logs
+# what every task still waits on and exits hard: each acknowledged write is
+# already committed and partitions.conf is only ever replaced whole, so nothing
+# is lost, while a stop that never ends would leave systemd to SIGKILL it
+# without a word of why.
+STOP_LOOPS_S = 3.0
+EXIT_STUCK = 70  # EX_SOFTWARE
 
 
 def serve(settings: Settings, config_path: Path | None, reread: Callable[[], Settings]) -> int:
@@ -88,8 +97,32 @@ async def _run_daemon(
         log.info("pkeyd_stopping", grace_s=SHUTDOWN_GRACE_S)
         notify.stopping(notifier)
     finally:
-        await runner.cleanup()  # stop listening, finish requests, cancel and await the loops
+        await _cleanup_or_exit(runner)  # stop listening, finish requests, stop the loops
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("pkeyd_stopped")
     return 0
+
+
+async def _cleanup_or_exit(runner: web.AppRunner) -> None:
+    try:
+        async with asyncio.timeout(SHUTDOWN_GRACE_S + STOP_LOOPS_S):
+            await runner.cleanup()
+    except TimeoutError:
+        log.error("shutdown_stuck", waiting=_task_stacks(), exit_code=EXIT_STUCK)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_STUCK)
+
+
+def _task_stacks() -> dict[str, str]:
+    """Where each unfinished task waits: what a stuck stop is reported with."""
+    stacks = {}
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        frames = task.get_stack(limit=8)
+        where = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
+        stacks[task.get_name()] = " <- ".join(reversed(where)) or "(no frame)"
+    return stacks
