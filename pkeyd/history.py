@@ -9,6 +9,7 @@ of it (that is what undoing needs).
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -182,31 +183,66 @@ def diff(before: Partition | None, after: Partition | None) -> PartitionDelta | 
     return PartitionDelta(pkey, fields, tuple(changes))
 
 
+# Up to this many GUID changes are made by binary search in the sorted
+# members; more are merged through a mapping of the whole partition.
+_FEW_CHANGES = 32
+
+
+_MEMBERSHIPS = {m.value: m for m in Membership}
+
+
+def _guid_value(member: Member) -> int:
+    return member.guid.value
+
+
 def with_members(partition: Partition, changes: Iterable[MemberChange]) -> Partition:
     """The partition with these member changes made (sorted as stored)."""
-    members = {m.guid.value: m for m in partition.members}
-    keywords = {k.keyword: k for k in partition.keywords}
-    memberships = {m.value: m for m in Membership}
-    for change in changes:
-        after = change.after
-        if change.is_keyword:
-            if after is None:
-                keywords.pop(change.target, None)
+    changes = tuple(changes)
+    memberships = _MEMBERSHIPS
+    keyword_changes = [c for c in changes if c.is_keyword]
+    guid_changes = [c for c in changes if not c.is_keyword]
+    keywords = partition.keywords
+    if keyword_changes:
+        by_name = {k.keyword: k for k in keywords}
+        for change in keyword_changes:
+            if change.after is None:
+                by_name.pop(change.target, None)
             else:
-                keywords[change.target] = KeywordMember(
-                    change.target, memberships[after[0]], after[1]
+                by_name[change.target] = KeywordMember(
+                    change.target, memberships[change.after[0]], change.after[1]
                 )
-            continue
-        value = int(change.target, 16)
-        if after is None:
-            members.pop(value, None)
-        else:
-            members[value] = Member(PortGuid(value), memberships[after[0]], after[1])
-    return replace(
-        partition,
-        members=tuple(members[g] for g in sorted(members)),
-        keywords=tuple(keywords[k] for k in KEYWORDS if k in keywords),
-    )
+        keywords = tuple(by_name[k] for k in KEYWORDS if k in by_name)
+    members = partition.members
+    if len(guid_changes) <= _FEW_CHANGES:
+        # A write of a few members to a large partition: O(log n) searches
+        # and one copy, instead of a mapping and a sort of every member.
+        listed = list(members)
+        for change in guid_changes:
+            value = int(change.target, 16)
+            at = bisect_left(listed, value, key=_guid_value)
+            present = at < len(listed) and listed[at].guid.value == value
+            if change.after is None:
+                if present:
+                    del listed[at]
+                continue
+            member = Member(PortGuid(value), memberships[change.after[0]], change.after[1])
+            if present:
+                listed[at] = member
+            else:
+                listed.insert(at, member)
+        members = tuple(listed)
+    else:
+        by_value = {m.guid.value: m for m in members}
+        for change in guid_changes:
+            value = int(change.target, 16)
+            if change.after is None:
+                by_value.pop(value, None)
+            else:
+                by_value[value] = Member(
+                    PortGuid(value), memberships[change.after[0]], change.after[1]
+                )
+        members = tuple(by_value[g] for g in sorted(by_value))
+    return replace(partition, members=members, keywords=keywords)
 
 
 def apply(delta: PartitionDelta, current: Partition | None) -> Partition | None:

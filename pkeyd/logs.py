@@ -77,6 +77,16 @@ class _StdlibHandler(logging.StreamHandler[TextIO]):
         self._fixed = value
 
 
+# The level configure() set (everything passes before it is called): a
+# caller about to build a line below it can skip the work.
+_threshold = logging.NOTSET
+
+
+def lowest_level() -> int:
+    """The lowest level that is logged."""
+    return _threshold
+
+
 def _printer(stream: TextIO | None) -> structlog.typing.WrappedLogger:
     return structlog.PrintLogger(sys.stderr if stream is None else stream)
 
@@ -91,7 +101,8 @@ def configure(
         if use_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    threshold = logging.getLevelNamesMapping()[level.upper()]
+    global _threshold
+    threshold = _threshold = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -126,7 +137,9 @@ def configure(
 
 def reset() -> None:
     """Undo configure() (tests): structlog defaults, no handler of ours on the root logger."""
+    global _threshold
     structlog.reset_defaults()
+    _threshold = logging.NOTSET
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
         root.removeHandler(old)

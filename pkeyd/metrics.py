@@ -199,6 +199,10 @@ class Metrics:
             ["route", "method"],
             registry=registry,
         )
+        # The labelled children of the HTTP metrics, found once per label set:
+        # every request counts itself, and labels() is the costly part of it.
+        self._request_counts: dict[tuple[str, str, int], Counter] = {}
+        self._request_seconds: dict[tuple[str, str], Histogram] = {}
         for result in ("ok", "error"):
             self.reloads.labels(result=result)
             self.writes.labels(result=result)
@@ -209,6 +213,19 @@ class Metrics:
         for membership in ("full", "limited", "both"):
             self.members.labels(membership=membership)
         registry.register(_TableUsageCollector(self))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its latency."""
+        count = self._request_counts.get((route, method, status))
+        if count is None:
+            count = self.http_requests.labels(route, method, str(status))
+            self._request_counts[(route, method, status)] = count
+        count.inc()
+        latency = self._request_seconds.get((route, method))
+        if latency is None:
+            latency = self.http_seconds.labels(route, method)
+            self._request_seconds[(route, method)] = latency
+        latency.observe(seconds)
 
     def observe_tables(self, snapshot: FabricSnapshot) -> None:
         """Keep the table usage distribution of a verification pass for the next scrape."""

@@ -86,7 +86,7 @@ class Idempotency:
                         key=request.key,
                         request_hash=request.request_hash,
                         status=answer.status,
-                        body=answer.body,
+                        body=answer.json_body(),
                         headers=answer.headers,
                         now=tx.now,
                     )

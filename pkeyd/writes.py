@@ -6,6 +6,7 @@ Pure types and rules shared by the service and the API; no I/O.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -38,13 +39,27 @@ def check_match(if_match: tuple[str, ...] | None, pkey: PKey, generation: int) -
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A JSON document (a partition) encoded only if it is sent or stored.
+
+    An answer to `Prefer: return=minimal` never encodes it.
+    """
+
+    encode: Callable[[], bytes]
+
+
 @dataclass(frozen=True)
 class Answer:
     """An HTTP answer as stored with an Idempotency-Key: status, JSON body, headers."""
 
     status: int
-    body: Any
+    body: Any  # a JSON value, Encoded, or None for no body
     headers: dict[str, str] = field(default_factory=dict)
+
+    def json_body(self) -> Any:
+        """The body as a JSON value (what an Idempotency-Key stores)."""
+        return json.loads(self.body.encode()) if isinstance(self.body, Encoded) else self.body
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,24 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def partition_json(partition: Partition) -> dict[str, Any]:
-    return {
+def partition_json(partition: Partition, *, members: bool = True) -> dict[str, Any]:
+    """The partition document; `members=False` leaves the member list out."""
+    doc: dict[str, Any] = {
         "pkey": str(partition.pkey),
         "name": partition.name,
         "ipoib": partition.ipoib,
         **partition.settings.to_json(),
         "defmember": partition.defmember.value if partition.defmember else None,
         "indx0": partition.indx0,
-        "members": [
-            {"guid": str(m.guid), "membership": m.membership.value, "index0": m.index0}
-            for m in partition.members
-        ],
         "keywords": [
             {"keyword": k.keyword, "membership": k.membership.value, "index0": k.index0}
             for k in partition.keywords
         ],
         "mgroups": [g.to_json() for g in partition.mgroups],
     }
+    if members:
+        doc["members"] = [
+            {"guid": str(m.guid), "membership": m.membership.value, "index0": m.index0}
+            for m in partition.members
+        ]
+    return doc

@@ -5,16 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
+from pkeyd.api.bodies import encode_partition
 from pkeyd.api.keys import SERVICE, SETTINGS, actor_of
 from pkeyd.api.schemas import partition_json
 from pkeyd.domain import Partition
 from pkeyd.errors import PayloadTooLargeError, ValidationError
 from pkeyd.groupcommit import Op
-from pkeyd.writes import Answer, IdempotencyRequest, Outcome, WriteOptions, partition_etag
+from pkeyd.writes import Answer, Encoded, IdempotencyRequest, Outcome, WriteOptions, partition_etag
 
 _KEY_MAX = 255
 
@@ -93,7 +95,8 @@ def options(
 
 
 def partition_answer(partition: Partition, status: int = 200, **headers: str) -> Answer:
-    return Answer(status, partition_json(partition), {"ETag": partition_etag(partition), **headers})
+    etag = {"ETag": partition_etag(partition), **headers}
+    return Answer(status, Encoded(partial(encode_partition, partition)), etag)
 
 
 def no_content(_: object) -> Answer:
@@ -103,6 +106,13 @@ def no_content(_: object) -> Answer:
 def respond(answer: Answer) -> web.Response:
     if answer.body is None:
         return web.Response(status=answer.status, headers=answer.headers)
+    if isinstance(answer.body, Encoded):
+        return web.Response(
+            body=answer.body.encode(),
+            status=answer.status,
+            headers=answer.headers,
+            content_type="application/json",
+        )
     return web.json_response(answer.body, status=answer.status, headers=answer.headers)
 
 

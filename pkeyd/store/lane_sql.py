@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
@@ -48,25 +48,68 @@ class Head:
     defmember: str | None
 
 
+# The statements, built once: building one costs more than running it, and a
+# group commit runs each of them once per transaction.
+# FOR UPDATE serialises writers of other processes on a shared server
+# database; SQLite's BEGIN IMMEDIATE has already taken the write lock.
+_LOCKED_GENERATION = select(StateRow.desired_generation).where(StateRow.id == 1).with_for_update()
+_SET_GENERATION = (
+    update(StateRow).where(StateRow.id == 1).values(desired_generation=bindparam("generation"))
+)
+_HEADS = select(
+    PartitionRow.id, PartitionRow.pkey, PartitionRow.generation, PartitionRow.defmember
+).where(PartitionRow.pkey.in_(bindparam("pkeys", expanding=True)))
+_MEMBER_STATES = select(
+    MemberRow.partition_id, MemberRow.guid, MemberRow.membership, MemberRow.index0
+)
+_STATES_NAMED = _MEMBER_STATES.where(
+    MemberRow.partition_id.in_(bindparam("pids", expanding=True)),
+    MemberRow.guid.in_(bindparam("guids", expanding=True)),
+)
+_STATES_ALL = _MEMBER_STATES.where(MemberRow.partition_id == bindparam("pid"))
+_LISTING_PKEYS = (
+    select(MemberRow.guid, PartitionRow.pkey)
+    .join(PartitionRow)
+    .where(MemberRow.guid.in_(bindparam("guids", expanding=True)))
+)
+_CA_KEYWORD_PKEYS = (
+    select(PartitionRow.pkey)
+    .join(KeywordMemberRow)
+    .where(KeywordMemberRow.keyword.in_(("ALL", "ALL_CAS")))
+    .distinct()
+)
+_STAMP = (
+    update(_PARTITIONS)
+    .where(_PARTITIONS.c.id == bindparam("pid"))
+    .values(generation=bindparam("to_generation"), updated_at=bindparam("to_updated"))
+)
+_ADD_REVISION = insert(_REVISIONS)
+_ADD_CHANGE = insert(_CHANGES)
+
+
+def _by_target(table: Table, key: str) -> tuple[Any, Any, Any]:
+    """Delete, insert and update of a member table, by (partition id, GUID or keyword)."""
+    match = (table.c.partition_id == bindparam("pid"), table.c[key] == bindparam("target"))
+    changed: dict[str, Any] = {
+        "membership": bindparam("to_membership"),
+        "index0": bindparam("to_index0"),
+    }
+    return delete(table).where(*match), insert(table), update(table).where(*match).values(changed)
+
+
+_MEMBER_WRITES = {False: _by_target(_MEMBERS, "guid"), True: _by_target(_KEYWORDS, "keyword")}
+
+
 def locked_generation(conn: Connection) -> int:
-    # FOR UPDATE serialises writers of other processes on a shared server
-    # database; SQLite's BEGIN IMMEDIATE has already taken the write lock.
-    value = conn.scalar(
-        select(StateRow.desired_generation).where(StateRow.id == 1).with_for_update()
-    )
-    return int(value or 0)
+    return int(conn.scalar(_LOCKED_GENERATION) or 0)
 
 
 def set_generation(conn: Connection, generation: int) -> None:
-    conn.execute(update(StateRow).where(StateRow.id == 1).values(desired_generation=generation))
+    conn.execute(_SET_GENERATION, {"generation": generation})
 
 
 def heads(conn: Connection, pkeys: Sequence[int]) -> dict[int, Head]:
-    rows = conn.execute(
-        select(
-            PartitionRow.id, PartitionRow.pkey, PartitionRow.generation, PartitionRow.defmember
-        ).where(PartitionRow.pkey.in_(pkeys))
-    )
+    rows = conn.execute(_HEADS, {"pkeys": list(pkeys)})
     return {r.pkey: Head(r.id, PKey(r.pkey), r.generation, r.defmember) for r in rows.all()}
 
 
@@ -74,17 +117,14 @@ def states_of(conn: Connection, named: Mapping[int, set[str]]) -> dict[int, dict
     """The stored state of the GUIDs named per partition id (absent: not a member)."""
     found: dict[int, dict[str, MemberState]] = {pid: {} for pid in named}
     guids = sorted(set().union(*named.values())) if named else []
-    query = select(MemberRow.partition_id, MemberRow.guid, MemberRow.membership, MemberRow.index0)
     if len(guids) > _BATCH:
         # Many names: one scan of each partition beats many IN lists.
         for pid, wanted in named.items():
-            rows = conn.execute(query.where(MemberRow.partition_id == pid))
+            rows = conn.execute(_STATES_ALL, {"pid": pid})
             found[pid] = {g: (m, i) for _, g, m, i in rows.all() if g in wanted}
         return found
     if guids:
-        rows = conn.execute(
-            query.where(MemberRow.partition_id.in_(list(named)), MemberRow.guid.in_(guids))
-        )
+        rows = conn.execute(_STATES_NAMED, {"pids": list(named), "guids": guids})
         for pid, g, m, i in rows.all():
             if g in named[pid]:
                 found[pid][g] = (m, i)
@@ -95,23 +135,16 @@ def explicit_pkeys(conn: Connection, guids: Iterable[str]) -> dict[str, set[int]
     """PKeys of the partitions that list each GUID."""
     wanted = sorted(guids)
     found: dict[str, set[int]] = {}
-    query = select(MemberRow.guid, PartitionRow.pkey).join(PartitionRow)
     for start in range(0, len(wanted), _BATCH):
         batch = wanted[start : start + _BATCH]
-        for guid, pkey in conn.execute(query.where(MemberRow.guid.in_(batch))).all():
+        for guid, pkey in conn.execute(_LISTING_PKEYS, {"guids": batch}).all():
             found.setdefault(str(guid), set()).add(int(pkey))
     return found
 
 
 def ca_keyword_pkeys(conn: Connection) -> set[int]:
     """PKeys of the partitions whose keywords cover every CA port (ALL, ALL_CAS)."""
-    rows = conn.execute(
-        select(PartitionRow.pkey)
-        .join(KeywordMemberRow)
-        .where(KeywordMemberRow.keyword.in_(("ALL", "ALL_CAS")))
-        .distinct()
-    )
-    return {int(p) for (p,) in rows.all()}
+    return {int(p) for (p,) in conn.execute(_CA_KEYWORD_PKEYS).all()}
 
 
 def write_many(conn: Connection, changes: Iterable[tuple[int, MemberChange]]) -> None:
@@ -138,20 +171,14 @@ def write_many(conn: Connection, changes: Iterable[tuple[int, MemberChange]]) ->
                 {"pid": pid, "target": change.target, "to_membership": change.after[0],
                  "to_index0": change.after[1]}
             )  # fmt: skip
-    for keyword, (table, key) in tables.items():
-        match = (table.c.partition_id == bindparam("pid"), table.c[key] == bindparam("target"))
+    for keyword, (remove, add, alter) in _MEMBER_WRITES.items():
         if gone[keyword]:
-            conn.execute(delete(table).where(*match), gone[keyword])
+            conn.execute(remove, gone[keyword])
         rows = added[keyword]
         for start in range(0, len(rows), _INSERT_BATCH):
-            conn.execute(insert(table), rows[start : start + _INSERT_BATCH])
+            conn.execute(add, rows[start : start + _INSERT_BATCH])
         if altered[keyword]:
-            conn.execute(
-                update(table)
-                .where(*match)
-                .values(membership=bindparam("to_membership"), index0=bindparam("to_index0")),
-                altered[keyword],
-            )
+            conn.execute(alter, altered[keyword])
 
 
 def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) -> None:
@@ -159,7 +186,7 @@ def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) ->
     if not new:
         return
     conn.execute(
-        insert(_REVISIONS),
+        _ADD_REVISION,
         [
             {"generation": r.generation, "at": at, "actor": r.actor, "action": r.action,
              "restored": None}
@@ -167,7 +194,7 @@ def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) ->
         ],
     )  # fmt: skip
     conn.execute(
-        insert(_CHANGES),
+        _ADD_CHANGE,
         [
             {"generation": r.generation, "pkey": d.pkey.value, "delta": d.dumps()}
             for r in new
@@ -180,8 +207,6 @@ def stamp_many(conn: Connection, generations: Mapping[int, int], now: datetime) 
     """Give each partition (by id) the generation of the last change made to it."""
     if generations:
         conn.execute(
-            update(_PARTITIONS)
-            .where(_PARTITIONS.c.id == bindparam("pid"))
-            .values(generation=bindparam("to_generation"), updated_at=bindparam("to_updated")),
+            _STAMP,
             [{"pid": pid, "to_generation": g, "to_updated": now} for pid, g in generations.items()],
         )
