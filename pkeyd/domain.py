@@ -24,6 +24,7 @@ NAME_MAX = 31
 # OpenSM splits the statement header on these; a name holding one is misread.
 _NAME_FORBIDDEN = frozenset("=,:;#")
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
+_PKEY_HEX = re.compile(r"0x[0-9a-f]{1,4}")
 _COLON_GUID = re.compile(r"[0-9a-fA-F]{4}(:[0-9a-fA-F]{4}){3}")
 
 
@@ -46,7 +47,7 @@ class PKey:
             value = raw
         elif isinstance(raw, str):
             text = raw.strip().lower()
-            if not re.fullmatch(r"0x[0-9a-f]{1,4}", text):
+            if not _PKEY_HEX.fullmatch(text):
                 raise ValidationError(
                     f"{raw!r} is not a PKey; write it as hex like 0x0a12", field_name
                 )

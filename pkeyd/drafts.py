@@ -78,33 +78,38 @@ def parse_member_specs(raw: list[Any], field_name: str, *, keywords: bool) -> li
     key = "keyword" if keywords else "guid"
     allowed = {key, "membership", "index0"}
     specs: list[MemberSpec] = []
-    seen: dict[object, int] = {}
+    seen: dict[object, int] = {}  # a GUID's value or a keyword -> its index
     for i, item in enumerate(raw):
-        where = f"{field_name}[{i}]"
+        # A bulk request has 100,000 of these: the field's name is spelled
+        # out only when there is an error to name it in.
         if not isinstance(item, dict):
-            raise ValidationError(f"must be an object {{{key}, membership, index0}}", where)
-        if not item.keys() <= allowed:
-            reject_unknown(item, allowed, f"{where}.")
-        if key not in item:
-            raise ValidationError("is required", f"{where}.{key}")
-        target: PortGuid | str = (
-            parse_keyword(item[key], f"{where}.{key}")
-            if keywords
-            else PortGuid.parse(item[key], f"{where}.{key}")
-        )
-        if target in seen:
             raise ValidationError(
-                f"{target} is listed twice (also at {field_name}[{seen[target]}])",
-                f"{where}.{key}",
+                f"must be an object {{{key}, membership, index0}}", f"{field_name}[{i}]"
             )
-        seen[target] = i
+        if not item.keys() <= allowed:
+            reject_unknown(item, allowed, f"{field_name}[{i}].")
+        if key not in item:
+            raise ValidationError("is required", f"{field_name}[{i}].{key}")
+        target: PortGuid | str
+        if keywords:
+            target = parse_keyword(item[key], f"{field_name}[{i}].{key}")
+            identity: object = target
+        else:
+            target = PortGuid.parse(item[key], f"{field_name}[{i}].{key}")
+            identity = target.value
+        if identity in seen:
+            raise ValidationError(
+                f"{target} is listed twice (also at {field_name}[{seen[identity]}])",
+                f"{field_name}[{i}].{key}",
+            )
+        seen[identity] = i
         given = item.get("membership")
         membership = _MEMBERSHIPS.get(given) if isinstance(given, str) else None
         if membership is None and given is not None:
-            membership = Membership.parse(given, f"{where}.membership")
+            membership = Membership.parse(given, f"{field_name}[{i}].membership")
         index0 = item.get("index0", False)
         if index0 is not False and index0 is not True:
-            raise ValidationError("must be true or false", f"{where}.index0")
+            raise ValidationError("must be true or false", f"{field_name}[{i}].index0")
         specs.append(MemberSpec(target, membership, index0))
     return specs
 

@@ -114,7 +114,8 @@ class MemberLane:
         revisions: list[journal.NewRevision] = []
         stamps: dict[int, int] = {}
         updates: dict[int, Partition | None] = {}
-        for request in requests:
+        last = len(requests) - 1
+        for n, request in enumerate(requests):
             head = heads.get(request.pkey.value)
             try:
                 if head is None:
@@ -129,13 +130,12 @@ class MemberLane:
             if made:
                 base += 1
                 for change in made:
-                    pkeys = listed.setdefault(change.target, set())
                     if change.after is None:
                         current.pop(change.target, None)
-                        pkeys.discard(request.pkey.value)
                     else:
                         current[change.target] = change.after
-                        pkeys.add(request.pkey.value)
+                if n < last:  # what the capacity checks of the later writes see
+                    _list_in(listed, made, request.pkey.value)
                 changes.extend((head.id, c) for c in made)
                 delta = PartitionDelta(request.pkey, None, tuple(made))
                 revisions.append(
@@ -175,3 +175,13 @@ class MemberLane:
         if added:
             self._capacity.refuse_overload(request.pkey, added, listed, keyword_pkeys)
         return made
+
+
+def _list_in(listed: dict[str, set[int]], made: list[MemberChange], pkey: int) -> None:
+    """Keep the PKeys listing each GUID true after `made` changed partition `pkey`."""
+    for change in made:
+        pkeys = listed.setdefault(change.target, set())
+        if change.after is None:
+            pkeys.discard(pkey)
+        else:
+            pkeys.add(pkey)
