@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import structlog
 
 from pkeyd.config import Settings
-from pkeyd.domain import DesiredState
+from pkeyd.domain import DesiredState, Membership, Partition
 from pkeyd.errors import ReloadError
 from pkeyd.metrics import Metrics
 from pkeyd.opensm.livefile import ExternalEdit, LiveFile
@@ -76,6 +76,7 @@ class Reconciler:
         self._load_state = load_state
         self._reloader = reloader
         self._metrics = metrics
+        self._member_counts: dict[int, tuple[Partition, TallyCounter[Membership]]] = {}
         self._live = LiveFile(settings.partitions_conf, settings.state_dir / "external-edits")
         self._wake = asyncio.Event()
         self._last_reload_mono = -1e9
@@ -314,8 +315,16 @@ class Reconciler:
     def _update_state_gauges(self, state: DesiredState) -> None:
         self._metrics.desired_generation.set(state.generation)
         self._metrics.partitions.set(len(state.partitions))
-        tally: TallyCounter[str] = TallyCounter()
+        # Counted again only for the partitions that changed (a new object):
+        # a pass under a stream of writes would otherwise walk every member.
+        counts: dict[int, tuple[Partition, TallyCounter[Membership]]] = {}
+        tally: TallyCounter[Membership] = TallyCounter()
         for partition in state.partitions:
-            tally.update(m.membership.value for m in partition.members)
-        for membership in ("full", "limited", "both"):
-            self._metrics.members.labels(membership=membership).set(tally[membership])
+            known = self._member_counts.get(partition.pkey.value)
+            if known is None or known[0] is not partition:
+                known = (partition, TallyCounter(m.membership for m in partition.members))
+            counts[partition.pkey.value] = known
+            tally.update(known[1])
+        self._member_counts = counts
+        for membership in Membership:
+            self._metrics.members.labels(membership=membership.value).set(tally[membership])

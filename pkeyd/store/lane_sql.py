@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Insert, Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from pkeyd.domain import PKey
@@ -176,9 +176,35 @@ def write_many(conn: Connection, changes: Iterable[tuple[int, MemberChange]]) ->
             conn.execute(remove, gone[keyword])
         rows = added[keyword]
         for start in range(0, len(rows), _INSERT_BATCH):
-            conn.execute(add, rows[start : start + _INSERT_BATCH])
+            _insert_rows(conn, add, rows[start : start + _INSERT_BATCH])
         if altered[keyword]:
             conn.execute(alter, altered[keyword])
+
+
+# Past this many rows an INSERT goes to the driver directly (below).
+_DRIVER_ROWS = 500
+_compiled: dict[tuple[int, str], tuple[str, tuple[str, ...]] | None] = {}
+
+
+def _insert_rows(conn: Connection, statement: Insert, rows: list[dict[str, object]]) -> None:
+    """executemany of an INSERT; many rows are handed to the driver as they are.
+
+    A bulk add inserts 100,000 members, and SQLAlchemy's per-row parameter
+    processing costs about a third as much as the insert itself. The
+    statement is still compiled by SQLAlchemy for the database at hand (once),
+    and the values are plain str, int and bool, which every driver binds alike.
+    """
+    key = (id(statement), conn.dialect.name)
+    if key not in _compiled:
+        compiled = statement.compile(dialect=conn.dialect)
+        positional = compiled.positional and compiled.positiontup is not None
+        _compiled[key] = (str(compiled), tuple(compiled.positiontup or ())) if positional else None
+    driver = _compiled[key]
+    if len(rows) < _DRIVER_ROWS or driver is None:
+        conn.execute(statement, rows)
+        return
+    sql, names = driver
+    conn.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in rows])
 
 
 def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) -> None:

@@ -98,6 +98,14 @@ async def _scenario(d: Daemon) -> str:
     await d.json(
         "POST", "/api/v1/partitions/0x0001/members/remove", 200, json={"guids": guids[5:7]}
     )
+    # A bulk add: its rows go to the database driver in one executemany.
+    many = [{"guid": f"0x0002c9031000{i:04x}", "index0": i % 2 == 0} for i in range(1, 1201)]
+    bulk = {"name": "bulk", "pkey": "0x0c00", "defmember": "limited"}
+    await d.json("POST", "/api/v1/partitions", 201, json=bulk)
+    added = await d.json("POST", "/api/v1/partitions/0x0c00/members", 200, json={"members": many})
+    assert [(m["guid"], m["membership"], m["index0"]) for m in added["members"]] == [
+        (m["guid"], "limited", m["index0"]) for m in many
+    ]
     stale = await d.client.get("/api/v1/partitions/0x0001")
     tag = stale.headers["ETag"]
     await d.json("PATCH", "/api/v1/partitions/0x0001", 200, json={"ipoib": True})

@@ -113,3 +113,35 @@ async def test_a_render_that_reads_back_wrong_never_goes_live(
     status = await daemon.wait_applied()
     assert status["refused"] is None
     assert "c=0x0012 : " in daemon.settings.partitions_conf.read_text()
+
+
+def _members_gauge(metrics: str) -> dict[str, float]:
+    found = {}
+    for line in metrics.splitlines():
+        if line.startswith("pkeyd_members{"):
+            label, value = line.split("} ")
+            found[label.split('"')[1]] = float(value)
+    return found
+
+
+async def test_member_gauges_follow_changes_and_deletions(
+    settings: Settings, reloader: CountingReloader
+) -> None:
+    async with running_daemon(settings, reloader) as d:
+        await _create(d)  # G1 full in 0x10
+        members = [{"guid": f"0x0002c903000000{i:02x}", "membership": "limited"} for i in (1, 2)]
+        await d.json("POST", "/api/v1/partitions", 201, json={"name": "b", "pkey": "0x11"})
+        await d.json("POST", "/api/v1/partitions/0x11/members", 200, json={"members": members})
+        await d.wait_applied()
+        gauge = _members_gauge(await (await d.client.get("/metrics")).text())
+        assert gauge == {"full": 1.0, "limited": 2.0, "both": 0.0}
+        # One partition changes, the other is counted as before.
+        await d.json("POST", "/api/v1/partitions/0x10/members", 200,
+                     json={"members": [{"guid": G1, "membership": "limited"}]})  # fmt: skip
+        await d.wait_applied()
+        gauge = _members_gauge(await (await d.client.get("/metrics")).text())
+        assert gauge == {"full": 0.0, "limited": 3.0, "both": 0.0}
+        await d.json("DELETE", "/api/v1/partitions/0x11", 204)
+        await d.wait_applied()
+        gauge = _members_gauge(await (await d.client.get("/metrics")).text())
+        assert gauge == {"full": 0.0, "limited": 1.0, "both": 0.0}
