@@ -36,6 +36,10 @@ log = structlog.get_logger("pkeyd.groupcommit")
 
 # Writes per transaction: bounds how long the first of them waits for its answer.
 MAX_BATCH = 256
+# A lane group naming up to this many members runs its statements on the
+# event loop (a few milliseconds at most); a larger one, a bulk request,
+# runs whole in a worker thread so that the API keeps answering meanwhile.
+MAX_ON_LOOP = 2_000
 
 
 @dataclass
@@ -77,6 +81,10 @@ class Lane(Protocol):
     async def run_group(
         self, tx: Tx, payloads: list[Any]
     ) -> tuple[list[tuple[bool, Any]], int] | None: ...
+
+    def weight(self, payloads: list[Any]) -> int:
+        """How much work the group is (the members it names)."""
+        ...
 
     def run_blocking(
         self,
@@ -231,10 +239,14 @@ class GroupCommitter:
 
     async def _commit_in_thread(self, group: list[_Item[Any]]) -> None:
         ops = [item.op for item in group if isinstance(item.op, LaneOp)]
+        lane, payloads = ops[0].lane, [op.payload for op in ops]
         try:
-            first, base, outcomes, updates = await asyncio.to_thread(
-                self._blocking_commit, ops[0].lane, [op.payload for op in ops]
-            )
+            if lane.weight(payloads) <= MAX_ON_LOOP:
+                first, base, outcomes, updates = await self._blocking_commit_on_loop(lane, payloads)
+            else:
+                first, base, outcomes, updates = await asyncio.to_thread(
+                    self._blocking_commit, lane, payloads
+                )
         except Exception as exc:
             # Nothing was committed: the asyncio path runs them (alone if need be).
             log.warning("write_lane_failed", writes=len(group), error=repr(exc))
@@ -263,6 +275,35 @@ class GroupCommitter:
             )
             if base != first:
                 lane_sql.set_generation(conn, base)
+        return first, base, outcomes, updates
+
+    async def _blocking_commit_on_loop(
+        self, lane: Lane, payloads: list[Any]
+    ) -> tuple[int, int, list[tuple[bool, Any]], dict[int, Partition | None]]:
+        """The same transaction, its statements run on the event loop.
+
+        Only the waits leave the loop: for the write lock (another process may
+        hold it) and for the durable commit. The statements themselves take
+        microseconds each once the lock is held; run in a worker thread, their
+        Python side would contend with the event loop for the interpreter
+        lock, and each side waits out the other's time slice, many times per
+        group.
+        """
+        assert self._blocking is not None
+        session = Session(self._blocking)
+        try:
+            conn = await finish_in_thread(_begin_write, session)
+            first = lane_sql.locked_generation(conn)
+            outcomes, base, updates = lane.run_blocking(
+                session, payloads, first, datetime.now(UTC), self._known
+            )
+            if base != first:
+                lane_sql.set_generation(conn, base)
+            await finish_in_thread(session.commit)
+        finally:
+            # A rollback unless the commit happened; in a thread, as it may
+            # touch the disk too.
+            await finish_in_thread(session.close)
         return first, base, outcomes, updates
 
     async def _lane(
@@ -299,6 +340,28 @@ class GroupCommitter:
             if savepoint.is_active:
                 await savepoint.rollback()
             return False, self._map_error(exc) if isinstance(exc, IntegrityError) else exc
+
+
+async def finish_in_thread(call: Callable[..., T], *args: Any) -> T:
+    """call(*args) in a worker thread; a cancellation waits for it to finish first.
+
+    The session must never be used by two threads at once: a cancelled
+    caller would otherwise close it while the thread still commits.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():  # however often the caller is cancelled
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
+
+
+def _begin_write(session: Session) -> Any:
+    """Open the session's write transaction: waits for the database's write lock."""
+    session.begin()
+    return session.connection(execution_options={WRITE_TRANSACTION: True})
 
 
 def _lane_group(batch: list[_Item[Any]], start: int) -> list[_Item[Any]]:

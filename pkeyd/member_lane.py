@@ -75,6 +75,10 @@ class MemberLane:
         tx.updates.update(updates)
         return outcomes, base
 
+    def weight(self, payloads: list[Any]) -> int:
+        requests: list[MemberRequest] = payloads
+        return sum(len(r.members) + len(r.targets) for r in requests)
+
     def run_blocking(
         self,
         session: Session,
