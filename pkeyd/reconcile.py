@@ -79,6 +79,8 @@ class Reconciler:
         self._member_counts: dict[int, tuple[Partition, TallyCounter[Membership]]] = {}
         self._live = LiveFile(settings.partitions_conf, settings.state_dir / "external-edits")
         self._wake = asyncio.Event()
+        # Work asked for that no finished pass has done yet (the stop's last pass).
+        self._pending = True
         self._last_reload_mono = -1e9
         self._force_reload = False
         self._applied_listeners: list[Callable[[], None]] = []
@@ -97,17 +99,18 @@ class Reconciler:
 
     def wake(self) -> None:
         """Ask for a pass; cheap and safe to call often."""
+        self._pending = True
         self._wake.set()
 
     def committed(self) -> None:
         """Called after every commit: wake, and remember when (for apply latency)."""
         self._unread_commits.append(time.monotonic())
-        self._wake.set()
+        self.wake()
 
     def request_reload(self) -> None:
         """Reload OpenSM on the next pass even if the file is unchanged (drift repair)."""
         self._force_reload = True
-        self._wake.set()
+        self.wake()
 
     def on_applied(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every successful reload."""
@@ -144,9 +147,11 @@ class Reconciler:
         while True:
             await self._wait_for_work()
             self._pass_started = time.monotonic()
+            self._pending = False  # a commit from now on asks for another pass
             try:
                 await self.reconcile_once()
             except asyncio.CancelledError:
+                self._pending = True  # the pass did not finish: its work is still to do
                 raise
             except Exception as exc:
                 self.first_pass_done.set()
@@ -155,6 +160,7 @@ class Reconciler:
                     log.exception("reconcile_pass_crashed")
                 log.warning("reconcile_retry", error=str(exc), retry_in_s=backoff)
                 self._pass_started = None  # waiting out a backoff is not being stuck
+                self._pending = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._settings.retry_max_s)
                 self._wake.set()
@@ -163,6 +169,22 @@ class Reconciler:
                 backoff = self._settings.retry_min_s
             finally:
                 self._pass_started = None
+
+    async def final_pass(self, within_s: float) -> None:
+        """At stop, after the run loop and the last write: apply what is still pending.
+
+        Every acknowledged write is stored either way, and the next start
+        applies it; this pass keeps OpenSM current while pkeyd is down (an
+        upgrade, a move to another node). Bounded: a stop must end.
+        """
+        if not self._pending:
+            return
+        self._pending = False
+        try:
+            async with asyncio.timeout(within_s):
+                await self.reconcile_once()
+        except Exception as exc:  # TimeoutError included: the next start applies it
+            log.warning("final_pass_incomplete", error=repr(exc), within_s=within_s)
 
     async def _wait_for_work(self) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a

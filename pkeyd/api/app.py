@@ -52,6 +52,10 @@ from pkeyd.verification import LocalReader, ReaderFactory, Verifier, open_smp_so
 
 log = structlog.get_logger("pkeyd.app")
 
+# At stop, the last reconcile pass (writes acknowledged just before SIGTERM)
+# gets this long; it fits in the daemon's bound on stopping the loops.
+FINAL_PASS_S = 2.0
+
 
 def reloader_for(settings: Settings) -> Reloader:
     if settings.opensm_pid_file is not None:
@@ -155,6 +159,8 @@ def _lifecycle(
                     await task
             if SERVICE in app:
                 await app[SERVICE].aclose()
+            if RECONCILER in app:
+                await app[RECONCILER].final_pass(FINAL_PASS_S)
             await engine.dispose()
             if blocking is not None:
                 blocking.dispose()

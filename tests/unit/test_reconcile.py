@@ -7,10 +7,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import structlog
 
+from pkeyd.api import app as app_module
 from pkeyd.config import Settings
 from pkeyd.domain import DesiredState
 from pkeyd.opensm import render as render_module
+from pkeyd.opensm.render import is_intact_render
 from tests.helpers import Daemon, running_daemon
 from tests.unit.conftest import CountingReloader
 
@@ -145,3 +148,45 @@ async def test_member_gauges_follow_changes_and_deletions(
         await d.wait_applied()
         gauge = _members_gauge(await (await d.client.get("/metrics")).text())
         assert gauge == {"full": 0.0, "limited": 1.0, "both": 0.0}
+
+
+async def test_a_write_acknowledged_just_before_stop_is_applied_on_the_way_out(
+    settings: Settings, reloader: CountingReloader
+) -> None:
+    # Commits wait 5 s for calm before a pass: only the stop's last pass can apply it.
+    slow = dataclasses.replace(settings, coalesce_delay_s=5.0, coalesce_max_s=5.0)
+    async with running_daemon(slow, reloader) as d:
+        await d.wait_applied()
+        await _create(d)
+        assert "a=0x0010" not in slow.partitions_conf.read_text()
+    assert "a=0x0010 : " in slow.partitions_conf.read_text()
+    assert is_intact_render(slow.partitions_conf.read_bytes())
+
+
+class _HangingReloader(CountingReloader):
+    """An OpenSM whose reload never returns, once `hang` is set."""
+
+    hang = False
+
+    async def reload(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+        await super().reload()
+
+
+async def test_the_stops_last_pass_is_bounded(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = dataclasses.replace(settings, coalesce_delay_s=5.0, coalesce_max_s=5.0)
+    monkeypatch.setattr(app_module, "FINAL_PASS_S", 0.2)
+    reloader = _HangingReloader()
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(30):  # a stop that never ends fails here
+            async with running_daemon(slow, reloader) as d:
+                await d.wait_applied()
+                reloader.hang = True
+                await _create(d)
+    assert "a=0x0010 : " in slow.partitions_conf.read_text()  # written; the reload hung
+    cut = [e for e in logs if e["event"] == "final_pass_incomplete"]
+    assert len(cut) == 1
+    assert cut[0]["within_s"] == 0.2
