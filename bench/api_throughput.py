@@ -192,7 +192,8 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
 
     async def read(conn: Connection, c: int, _: int) -> None:
         status, answer = await conn.send(request("GET", path(c)))
-        assert status == 200 and answer, answer
+        assert status == 200, answer
+        assert answer, "an empty document"
 
     results: dict[str, tuple[float, list[float], tuple[float, float] | None]] = {}
     try:
@@ -223,6 +224,8 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
             bulk_s = time.perf_counter() - started
             async with http.get("/api/v1/status") as resp:
                 generation = (await resp.json())["desired_generation"]
+            async with http.get("/metrics") as resp:
+                scraped = _samples(await resp.text())
     finally:
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
@@ -246,7 +249,22 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
     print(f"  bulk add of {BULK:,} GUIDs in one request: {bulk_s:.2f} s ({verdict}, < 3 s); "
           f"answer lists {answered:,} members")  # fmt: skip
     print(f"  desired generation after the run: {generation}")
+    passes = scraped.get("pkeyd_render_duration_seconds_count", 0.0)
+    if passes:
+        mean = scraped["pkeyd_render_duration_seconds_sum"] / passes * 1000
+        print(f"  reconcile passes meanwhile: {passes:.0f}, render and self-check {mean:.1f} ms "
+              "each on average (in a worker thread, beside the requests)")  # fmt: skip
     print(f"  load average at the end (other processes share the CPUs): {os.getloadavg()[0]:.2f}")
+
+
+def _samples(metrics: str) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus text exposition, by name."""
+    found = {}
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            found[name] = float(value)
+    return found
 
 
 def main() -> None:

@@ -61,7 +61,8 @@ class Connection(asyncio.Protocol):
 
     async def send(self, raw: bytes) -> tuple[int, bytes]:
         """Send one prepared request; its status and body."""
-        assert self._transport is not None and self._waiter is None
+        assert self._transport is not None, "not connected"
+        assert self._waiter is None, "one request at a time"
         self._waiter = asyncio.get_running_loop().create_future()
         self._transport.write(raw)
         return await self._waiter
