@@ -57,3 +57,21 @@ async def test_a_normal_stop_returns() -> None:
     runner = web.AppRunner(app)
     await runner.setup()
     await daemon._cleanup_or_exit(runner)  # no exit, no error
+
+
+async def test_a_stuck_task_is_reported_with_what_it_awaits_inside() -> None:
+    async def held_up() -> None:
+        await asyncio.Event().wait()
+
+    async def loop() -> None:
+        await held_up()
+
+    task = asyncio.create_task(loop(), name="pkeyd-loop")
+    await asyncio.sleep(0)  # suspended inside held_up
+    try:
+        where = daemon._task_stacks()["pkeyd-loop"].split(" <- ")
+    finally:
+        task.cancel()
+    # Innermost first: the Event's wait, then each coroutine out to the task's own.
+    assert [w.rsplit(" ", 1)[1] for w in where] == ["wait", "held_up", "loop"]
+    assert where[1].startswith(f"{__file__}:")
