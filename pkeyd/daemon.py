@@ -106,15 +106,24 @@ async def _run_daemon(
 
 
 async def _cleanup_or_exit(runner: web.AppRunner) -> None:
+    # A timer, not a timeout around the cleanup: a timeout cancels the cleanup,
+    # and code that swallows a cancellation (the very kind of bug that makes
+    # a stop hang) would let the stop run on, or end, past the bound without a
+    # word; the cancellation would also unwind the waiting tasks before
+    # their stacks were taken.
+    stuck = asyncio.get_running_loop().call_later(SHUTDOWN_GRACE_S + STOP_LOOPS_S, _exit_stuck)
     try:
-        async with asyncio.timeout(SHUTDOWN_GRACE_S + STOP_LOOPS_S):
-            await runner.cleanup()
-    except TimeoutError:
-        log.error("shutdown_stuck", waiting=_task_stacks(), exit_code=EXIT_STUCK)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_STUCK)
+        await runner.cleanup()
+    finally:
+        stuck.cancel()
+
+
+def _exit_stuck() -> None:
+    log.error("shutdown_stuck", waiting=_task_stacks(), exit_code=EXIT_STUCK)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STUCK)
 
 
 def _task_stacks() -> dict[str, str]:
