@@ -15,6 +15,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -119,24 +120,53 @@ async def _run_daemon(
 
 
 async def _cleanup_or_exit(runner: web.AppRunner) -> None:
+    # A timer, not a timeout around the cleanup: a timeout cancels the cleanup,
+    # and code that swallows a cancellation (the very kind of bug that makes
+    # a stop hang) would let the stop run on, or end, past the bound without a
+    # word; the cancellation would also unwind the waiting tasks before
+    # their stacks were taken.
+    stuck = asyncio.get_running_loop().call_later(SHUTDOWN_GRACE_S + STOP_LOOPS_S, _exit_stuck)
     try:
-        async with asyncio.timeout(SHUTDOWN_GRACE_S + STOP_LOOPS_S):
-            await runner.cleanup()
-    except TimeoutError:
-        log.error("shutdown_stuck", waiting=_task_stacks(), exit_code=EXIT_STUCK)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_STUCK)
+        await runner.cleanup()
+    finally:
+        stuck.cancel()
+
+
+def _exit_stuck() -> None:
+    log.error("shutdown_stuck", waiting=_task_stacks(), exit_code=EXIT_STUCK)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STUCK)
 
 
 def _task_stacks() -> dict[str, str]:
     """Where each unfinished task waits: what a stuck stop is reported with."""
-    stacks = {}
-    for task in asyncio.all_tasks():
-        if task is asyncio.current_task():
-            continue
-        frames = task.get_stack(limit=8)
-        where = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
-        stacks[task.get_name()] = " <- ".join(reversed(where)) or "(no frame)"
-    return stacks
+    return {
+        task.get_name(): _awaiting(task)
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task()
+    }
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """The task's chain of awaits, innermost first.
+
+    Task.get_stack() gives only the outermost frame of a suspended coroutine
+    ("run"), not what it waits on inside ("reload", "acquire"...): follow
+    what each coroutine awaits instead.
+    """
+    where = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        frame = frame or getattr(awaited, "ag_frame", None)
+        if frame is None:
+            break
+        where.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaited = (
+            getattr(awaited, "cr_await", None)
+            or getattr(awaited, "gi_yieldfrom", None)
+            or getattr(awaited, "ag_await", None)
+        )
+    return " <- ".join(reversed(where)) or "(no frame)"

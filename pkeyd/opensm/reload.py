@@ -78,7 +78,12 @@ class CommandReloader:
         except OSError as exc:
             raise ReloadError(f"cannot run reload command {self._argv[0]!r}: {exc}") from exc
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self._timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+            # output and drops a cancellation that lands as the command ends
+            # (SIGTERM during a reload); the reconcile loop would then run on
+            # and the daemon's stop would wait for it for ever.
+            async with asyncio.timeout(self._timeout_s):
+                out, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()

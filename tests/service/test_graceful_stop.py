@@ -13,6 +13,7 @@ import aiohttp
 from pkeyd.daemon import SHUTDOWN_GRACE_S
 from pkeyd.opensm.render import is_intact_render
 from pkeyd.opensm.writer import TEMP_MARK
+from tests.http import JsonApi
 from tests.service.conftest import ChildDaemon
 
 PKEY = "0x0b00"
@@ -41,6 +42,13 @@ async def test_sigterm_answers_in_flight_requests_and_exits_in_bounded_time(
             f"{daemon.base_url}/api/v1/partitions", json={"name": "burst", "pkey": PKEY}
         ) as resp:
             assert resp.status == 201
+        # The burst meets an idle daemon: under load its first passes could
+        # otherwise still run (partitions.conf not yet written, the burst's
+        # connections not yet read when SIGTERM comes).
+        await JsonApi(http).until(
+            f"{daemon.base_url}/api/v1/status",
+            lambda s: s["applied_generation"] == s["desired_generation"],
+        )
 
         async def post(i: int) -> int | str:
             try:
