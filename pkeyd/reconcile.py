@@ -209,8 +209,10 @@ class Reconciler:
             await asyncio.sleep(settings.min_reload_interval_s - since_reload)
         self._wake.clear()
 
-    def _render_checked(self, state: DesiredState) -> tuple[str, list[str]]:
-        """The file for this state, and what the safety net found wrong with it."""
+    def _render_checked(
+        self, state: DesiredState
+    ) -> tuple[str, list[str], TallyCounter[Membership]]:
+        """The file for this state, what the safety net found wrong with it, the member counts."""
         text = render(state)
         problems = self_check(
             text,
@@ -218,7 +220,7 @@ class Reconciler:
             allow_both_pkeys=self._settings.allow_both_pkeys,
             qos=self._settings.qos,
         )
-        return text, problems
+        return text, problems, self._count_members(state)
 
     async def reconcile_once(self) -> None:
         started = time.perf_counter()
@@ -228,12 +230,15 @@ class Reconciler:
             self._commits_by_generation.append((state.generation, commits))
         self.status.passes += 1
         self.status.seen_generation = state.generation
-        self._update_state_gauges(state)
+        self._metrics.desired_generation.set(state.generation)
+        self._metrics.partitions.set(len(state.partitions))
 
         with self._metrics.render_seconds.time():
             # A large state takes a good part of a second: off the event loop,
             # so the API keeps answering meanwhile.
-            text, problems = await asyncio.to_thread(self._render_checked, state)
+            text, problems, members = await asyncio.to_thread(self._render_checked, state)
+        for membership in Membership:
+            self._metrics.members.labels(membership=membership.value).set(members[membership])
         if problems:
             self._refuse(state.generation, problems)
             return
@@ -334,11 +339,12 @@ class Reconciler:
         self.status.reloads[outcome.result] += 1
         self._metrics.reloads.labels(result=outcome.result).inc()
 
-    def _update_state_gauges(self, state: DesiredState) -> None:
-        self._metrics.desired_generation.set(state.generation)
-        self._metrics.partitions.set(len(state.partitions))
-        # Counted again only for the partitions that changed (a new object):
-        # a pass under a stream of writes would otherwise walk every member.
+    def _count_members(self, state: DesiredState) -> TallyCounter[Membership]:
+        """Member entries by membership (in the pass's worker thread, one pass at a time).
+
+        Counted again only for the partitions that changed (a new object): a
+        pass under a stream of writes would otherwise walk every member.
+        """
         counts: dict[int, tuple[Partition, TallyCounter[Membership]]] = {}
         tally: TallyCounter[Membership] = TallyCounter()
         for partition in state.partitions:
@@ -348,5 +354,4 @@ class Reconciler:
             counts[partition.pkey.value] = known
             tally.update(known[1])
         self._member_counts = counts
-        for membership in Membership:
-            self._metrics.members.labels(membership=membership.value).set(tally[membership])
+        return tally
