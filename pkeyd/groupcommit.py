@@ -94,7 +94,7 @@ class Lane(Protocol):
         now: datetime,
         known: Callable[[PKey, int], Partition | None],
     ) -> tuple[list[tuple[bool, Any]], int, dict[int, Partition | None]]:
-        """The same on a blocking session, in a worker thread; `known` reads the cache."""
+        """The same on a blocking session (on the loop or in a thread); `known` reads the cache."""
         ...
 
 
@@ -137,7 +137,7 @@ class GroupCommitter:
         known: Callable[[PKey, int], Partition | None] = lambda pkey, generation: None,
         gate: asyncio.Lock | None = None,
     ) -> None:
-        """`blocking`: an engine on which whole lane groups commit in a worker thread.
+        """`blocking`: an engine on which lane groups commit outside the asyncio driver.
 
         `gate` is held from a transaction's start until the cache has what it
         committed: whoever holds it sees the database and the cache agree.
@@ -168,10 +168,10 @@ class GroupCommitter:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             if self._blocking is not None and (lane := _lane_group(batch, 0)):
-                # A run of lane writes first, whole in a worker thread.
+                # A run of lane writes first, on the blocking engine.
                 self._queue[:0] = batch[len(lane) :]
                 batch = lane
-                attempt = self._commit_in_thread(batch)
+                attempt = self._commit_blocking(batch)
             else:
                 attempt = self._commit(batch)
             try:
@@ -237,7 +237,7 @@ class GroupCommitter:
             else:
                 item.future.set_exception(value)
 
-    async def _commit_in_thread(self, group: list[_Item[Any]]) -> None:
+    async def _commit_blocking(self, group: list[_Item[Any]]) -> None:
         ops = [item.op for item in group if isinstance(item.op, LaneOp)]
         lane, payloads = ops[0].lane, [op.payload for op in ops]
         try:

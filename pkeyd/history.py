@@ -186,8 +186,6 @@ def diff(before: Partition | None, after: Partition | None) -> PartitionDelta | 
 # Up to this many GUID changes are made by binary search in the sorted
 # members; more are merged through a mapping of the whole partition.
 _FEW_CHANGES = 32
-
-
 _MEMBERSHIPS = {m.value: m for m in Membership}
 
 
@@ -195,10 +193,13 @@ def _guid_value(member: Member) -> int:
     return member.guid.value
 
 
+def _member(value: int, state: MemberState) -> Member:
+    return Member(PortGuid(value), _MEMBERSHIPS[state[0]], state[1])
+
+
 def with_members(partition: Partition, changes: Iterable[MemberChange]) -> Partition:
     """The partition with these member changes made (sorted as stored)."""
     changes = tuple(changes)
-    memberships = _MEMBERSHIPS
     keyword_changes = [c for c in changes if c.is_keyword]
     guid_changes = [c for c in changes if not c.is_keyword]
     keywords = partition.keywords
@@ -209,7 +210,7 @@ def with_members(partition: Partition, changes: Iterable[MemberChange]) -> Parti
                 by_name.pop(change.target, None)
             else:
                 by_name[change.target] = KeywordMember(
-                    change.target, memberships[change.after[0]], change.after[1]
+                    change.target, _MEMBERSHIPS[change.after[0]], change.after[1]
                 )
         keywords = tuple(by_name[k] for k in KEYWORDS if k in by_name)
     members = partition.members
@@ -225,7 +226,7 @@ def with_members(partition: Partition, changes: Iterable[MemberChange]) -> Parti
                 if present:
                     del listed[at]
                 continue
-            member = Member(PortGuid(value), memberships[change.after[0]], change.after[1])
+            member = _member(value, change.after)
             if present:
                 listed[at] = member
             else:
@@ -238,9 +239,7 @@ def with_members(partition: Partition, changes: Iterable[MemberChange]) -> Parti
             if change.after is None:
                 by_value.pop(value, None)
             else:
-                by_value[value] = Member(
-                    PortGuid(value), memberships[change.after[0]], change.after[1]
-                )
+                by_value[value] = _member(value, change.after)
         members = tuple(by_value[g] for g in sorted(by_value))
     return replace(partition, members=members, keywords=keywords)
 

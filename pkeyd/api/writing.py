@@ -95,8 +95,8 @@ def options(
 
 
 def partition_answer(partition: Partition, status: int = 200, **headers: str) -> Answer:
-    etag = {"ETag": partition_etag(partition), **headers}
-    return Answer(status, Encoded(partial(encode_partition, partition)), etag)
+    document = Encoded(partial(encode_partition, partition))
+    return Answer(status, document, {"ETag": partition_etag(partition), **headers})
 
 
 def no_content(_: object) -> Answer:

@@ -78,11 +78,11 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 def make_sync_engine(url: str) -> Engine | None:
-    """A blocking engine on the same SQLite file, for writes run whole in a worker thread.
+    """A blocking engine on the same SQLite file, for grouped member writes.
 
-    Each statement through the asyncio driver costs a thread hop; a group of
-    member writes done in one thread call costs one. None for other databases,
-    which keep the asyncio path.
+    Each statement through the asyncio driver costs a thread hop; on this
+    engine a group of member writes runs its statements without one (see
+    pkeyd.groupcommit). None for other databases, which keep the asyncio path.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):

@@ -1,9 +1,9 @@
 """The statements of grouped member writes, as blocking calls on one connection.
 
 Written once, run two ways: inside the asyncio transaction of a group
-commit (through AsyncSession.run_sync), or whole in a worker thread on a
-blocking SQLite connection, where a group of writes costs one thread hop
-instead of one per statement. Never commits.
+commit (through AsyncSession.run_sync), or on a blocking SQLite connection
+(pkeyd.groupcommit), where a group of writes costs no thread hop per
+statement. Never commits.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def _insert_rows(conn: Connection, statement: Insert, rows: list[dict[str, objec
     statement is still compiled by SQLAlchemy for the database at hand (once),
     and the values are plain str, int and bool, which every driver binds alike.
     """
-    key = (id(statement), conn.dialect.name)
+    key = (id(statement), conn.dialect.name)  # the statements are module constants
     if key not in _compiled:
         compiled = statement.compile(dialect=conn.dialect)
         positional = compiled.positional and compiled.positiontup is not None
