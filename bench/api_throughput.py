@@ -253,7 +253,7 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
     if passes:
         mean = scraped["pkeyd_render_duration_seconds_sum"] / passes * 1000
         print(f"  reconcile passes meanwhile: {passes:.0f}, render and self-check {mean:.1f} ms "
-              "each on average (in a worker thread, beside the requests)")  # fmt: skip
+              "each on average (on the event loop, in slices between requests)")  # fmt: skip
     print(f"  load average at the end (other processes share the CPUs): {os.getloadavg()[0]:.2f}")
 
 

@@ -20,14 +20,14 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from pkeyd.domain import Partition, PKey
 from pkeyd.store import lane_sql
-from pkeyd.store.engine import WRITE_TRANSACTION
+from pkeyd.store.engine import WRITE_TRANSACTION, begin_write_now
 from pkeyd.store.models import StateRow
 from pkeyd.store.repository import Repository
 
@@ -282,17 +282,22 @@ class GroupCommitter:
     ) -> tuple[int, int, list[tuple[bool, Any]], dict[int, Partition | None]]:
         """The same transaction, its statements run on the event loop.
 
-        Only the waits leave the loop: for the write lock (another process may
-        hold it) and for the durable commit. The statements themselves take
-        microseconds each once the lock is held; run in a worker thread, their
-        Python side would contend with the event loop for the interpreter
-        lock, and each side waits out the other's time slice, many times per
-        group.
+        Only the waits leave the loop: for the write lock when another
+        connection (another process) holds it, and for the durable commit.
+        The statements themselves take microseconds each once the lock is
+        held; run in a worker thread, their Python side would contend with
+        the event loop for the interpreter lock, and each side waits out the
+        other's time slice, many times per group. Each hop to a thread costs
+        as much under load, so a free lock is taken on the loop.
         """
         assert self._blocking is not None
         session = Session(self._blocking)
+        committed = False
         try:
-            conn = await finish_in_thread(_begin_write, session)
+            conn = begin_write_now(session)
+            if conn is None:  # begin_write_now closed that session
+                session = Session(self._blocking)
+                conn = await finish_in_thread(_begin_write, session)
             first = lane_sql.locked_generation(conn)
             outcomes, base, updates = lane.run_blocking(
                 session, payloads, first, datetime.now(UTC), self._known
@@ -300,10 +305,13 @@ class GroupCommitter:
             if base != first:
                 lane_sql.set_generation(conn, base)
             await finish_in_thread(session.commit)
+            committed = True
         finally:
-            # A rollback unless the commit happened; in a thread, as it may
-            # touch the disk too.
-            await finish_in_thread(session.close)
+            if committed:
+                session.close()  # only hands the connection back
+            else:
+                # A rollback: in a thread, as it may touch the disk.
+                await finish_in_thread(session.close)
         return first, base, outcomes, updates
 
     async def _lane(
@@ -358,7 +366,7 @@ async def finish_in_thread(call: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def _begin_write(session: Session) -> Any:
+def _begin_write(session: Session) -> Connection:
     """Open the session's write transaction: waits for the database's write lock."""
     session.begin()
     return session.connection(execution_options={WRITE_TRANSACTION: True})

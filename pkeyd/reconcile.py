@@ -16,6 +16,7 @@ from collections import Counter as TallyCounter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import structlog
 
@@ -23,10 +24,11 @@ from pkeyd.config import Settings
 from pkeyd.domain import DesiredState, Membership, Partition
 from pkeyd.errors import ReloadError
 from pkeyd.metrics import Metrics
+from pkeyd.opensm.fastpath import Steps, run_sliced
 from pkeyd.opensm.livefile import ExternalEdit, LiveFile
 from pkeyd.opensm.reload import Reloader
-from pkeyd.opensm.render import render
-from pkeyd.opensm.selfcheck import self_check
+from pkeyd.opensm.render import render_steps
+from pkeyd.opensm.selfcheck import full_check, reads_back_steps
 
 log = structlog.get_logger("pkeyd.reconcile")
 
@@ -209,18 +211,22 @@ class Reconciler:
             await asyncio.sleep(settings.min_reload_interval_s - since_reload)
         self._wake.clear()
 
-    def _render_checked(
+    async def _render_checked(
         self, state: DesiredState
     ) -> tuple[str, list[str], TallyCounter[Membership]]:
-        """The file for this state, what the safety net found wrong with it, the member counts."""
-        text = render(state)
-        problems = self_check(
-            text,
-            state,
-            allow_both_pkeys=self._settings.allow_both_pkeys,
-            qos=self._settings.qos,
-        )
-        return text, problems, self._count_members(state)
+        """The file for this state, what the safety net found wrong with it, the member counts.
+
+        On the event loop in slices (fastpath.run_sliced): a large state takes
+        a good part of a second, and the API keeps answering meanwhile. A file
+        the quick read-back cannot pass (multicast groups, say) goes through
+        the full parse in a worker thread.
+        """
+        dialect = {"allow_both_pkeys": self._settings.allow_both_pkeys, "qos": self._settings.qos}
+        text = await run_sliced(render_steps(state))
+        problems: list[str] = []
+        if not await run_sliced(reads_back_steps(text, state, **dialect)):
+            problems = await asyncio.to_thread(partial(full_check, text, state, **dialect))
+        return text, problems, await run_sliced(self._count_members(state))
 
     async def reconcile_once(self) -> None:
         started = time.perf_counter()
@@ -234,9 +240,7 @@ class Reconciler:
         self._metrics.partitions.set(len(state.partitions))
 
         with self._metrics.render_seconds.time():
-            # A large state takes a good part of a second: off the event loop,
-            # so the API keeps answering meanwhile.
-            text, problems, members = await asyncio.to_thread(self._render_checked, state)
+            text, problems, members = await self._render_checked(state)
         for membership in Membership:
             self._metrics.members.labels(membership=membership.value).set(members[membership])
         if problems:
@@ -339,8 +343,8 @@ class Reconciler:
         self.status.reloads[outcome.result] += 1
         self._metrics.reloads.labels(result=outcome.result).inc()
 
-    def _count_members(self, state: DesiredState) -> TallyCounter[Membership]:
-        """Member entries by membership (in the pass's worker thread, one pass at a time).
+    def _count_members(self, state: DesiredState) -> Steps[TallyCounter[Membership]]:
+        """Member entries by membership, in steps (one pass at a time).
 
         Counted again only for the partitions that changed (a new object): a
         pass under a stream of writes would otherwise walk every member.
@@ -351,6 +355,7 @@ class Reconciler:
             known = self._member_counts.get(partition.pkey.value)
             if known is None or known[0] is not partition:
                 known = (partition, TallyCounter(m.membership for m in partition.members))
+                yield
             counts[partition.pkey.value] = known
             tally.update(known[1])
         self._member_counts = counts

@@ -36,11 +36,15 @@ def _member_text(member: Member) -> str:
 
 
 def _common_head(old: Sequence[Member], new: Sequence[Member]) -> int:
-    """How many leading members the two lists share (equal tuples compare in C)."""
+    """How many leading members the two lists share (equal tuples compare in C).
+
+    Binary search; each probe compares only the part past the known common
+    head, so the slices copied add up to about one list, not one per probe.
+    """
     low, high = 0, min(len(old), len(new))
     while low < high:
         middle = (low + high + 1) // 2
-        if old[:middle] == new[:middle]:
+        if old[low:middle] == new[low:middle]:
             low = middle
         else:
             high = middle - 1
@@ -52,7 +56,7 @@ def _common_tail(old: Sequence[Member], new: Sequence[Member], head: int) -> int
     low, high = 0, min(len(old), len(new)) - head
     while low < high:
         middle = (low + high + 1) // 2
-        if old[len(old) - middle :] == new[len(new) - middle :]:
+        if old[len(old) - middle : len(old) - low] == new[len(new) - middle : len(new) - low]:
             low = middle
         else:
             high = middle - 1

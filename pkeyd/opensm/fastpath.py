@@ -1,10 +1,30 @@
-"""Helpers for the large-file path (render, parse and self-check of ~200,000 members)."""
+"""Helpers for the large-file path (render, parse and self-check of ~200,000 members).
+
+Render and the quick self-check are written as *steps*: generators that
+yield between small pieces of work and return their result. run_steps runs
+them to the end at once; run_sliced runs them on the event loop in slices,
+giving way to the other tasks between slices.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
+from typing import TypeAlias, TypeVar
+
+T = TypeVar("T")
+
+# A computation that yields (nothing) between pieces of work and returns a T.
+Steps: TypeAlias = Generator[None, None, T]
+
+# The longest the event loop works on a sliced computation before it serves
+# the rest of its tasks (an API request waits at most this long per loop turn),
+# and the pause after each slice.
+SLICE_S = 0.001
+GAP_S = 0.0005
 
 
 @contextlib.contextmanager
@@ -28,3 +48,40 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def run_steps(steps: Steps[T]) -> T:
+    """Run a stepped computation to its end, here and now."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def run_sliced(steps: Steps[T], slice_s: float = SLICE_S, gap_s: float = GAP_S) -> T:
+    """Run a stepped computation on the event loop, `slice_s` at a time, `gap_s` apart.
+
+    Why not a worker thread: the thread and the event loop would share the
+    interpreter lock, and each would wait out the other's 5 ms switch
+    interval, so every request in flight during a 30 ms render waited about
+    as long again. In slices the loop serves its ready tasks between two
+    slices: a request waits a slice per loop turn at most. The gap lets the
+    loop fall idle when nothing else is ready, and a worker thread that
+    waits for the lock (a commit back from its fsync) then takes it at once
+    instead of after a switch interval. Collection is paused within a slice
+    only (see gc_paused).
+    """
+    clock = time.perf_counter
+    while True:
+        until = clock() + slice_s
+        with gc_paused():
+            try:
+                next(steps)  # at least one step a slice, whatever the clock says
+                while clock() < until:
+                    next(steps)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+        await asyncio.sleep(gap_s)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from pkeyd.domain import DEFAULT_NAME, DEFAULT_PKEY, DesiredState, Partition
 from pkeyd.groups import GroupSettings, McastGroup
-from pkeyd.opensm.fastpath import gc_paused
+from pkeyd.opensm.fastpath import Steps, gc_paused, run_steps
 
 MEMBERS_PER_LINE = 48  # 48 x 29 bytes: about 1.4 KiB per line
 HEADER_PREFIX = "# partitions.conf for OpenSM, written by pkeyd"
@@ -163,17 +163,33 @@ def render(state: DesiredState) -> str:
 
     The Default partition comes first; the others follow by PKey.
     """
+    with gc_paused():  # a list per partition, no cycles: see gc_paused
+        return run_steps(render_steps(state))
+
+
+# Bytes hashed per step: about a millisecond of SHA-256.
+_HASH_STEP = 1 << 20
+
+
+def render_steps(state: DesiredState) -> Steps[str]:
+    """render() in steps (see fastpath): a partition, or a MiB of the hash, at a time."""
     ordered = sorted(state.partitions, key=_file_order)
     if not ordered or not ordered[0].is_default:
         raise ValueError("the desired state lacks the Default partition 0x7fff")
-    with gc_paused():  # a list per partition, no cycles: see gc_paused
-        body_lines = [line for p in ordered for line in render_partition(p)]
+    body_lines: list[str] = []
+    for partition in ordered:
+        body_lines += render_partition(partition)
+        yield
     body = "\n".join(body_lines) + "\n"
-    digest = hashlib.sha256(body.encode("ascii")).hexdigest()
+    data = memoryview(body.encode("ascii"))
+    sha = hashlib.sha256()
+    for start in range(0, len(data), _HASH_STEP):
+        yield
+        sha.update(data[start : start + _HASH_STEP])
     header = (
         f"{HEADER_PREFIX}. Do not edit: pkeyd rewrites it.\n"
         f"# generation: {state.generation}\n"
-        f"# sha256: {digest}\n"
+        f"# sha256: {sha.hexdigest()}\n"
     )
     return header + body
 

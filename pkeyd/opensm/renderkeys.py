@@ -22,6 +22,7 @@ the file in full.
 
 from __future__ import annotations
 
+from pkeyd.opensm.fastpath import Steps, run_steps
 from pkeyd.opensm.mgroups import GroupFlagState
 from pkeyd.opensm.parse import LONG_LINE, STATEMENT, ZERO_GUID, FlagReader
 from pkeyd.opensm.parsed import DEFAULT_PARTITION_NAME, DEFAULT_PKEY, ENTRY_SEP, GroupFlags
@@ -55,6 +56,13 @@ def _flags_key(f: GroupFlags) -> tuple[int, ...]:
 
 def read_render_keys(text: str, *, allow_both_pkeys: bool, qos: bool) -> dict[int, Key] | None:
     """Per PKey, selfcheck's key of what OpenSM reads; None if the file is not render-shaped."""
+    return run_steps(render_keys_steps(text, allow_both_pkeys=allow_both_pkeys, qos=qos))
+
+
+def render_keys_steps(
+    text: str, *, allow_both_pkeys: bool, qos: bool
+) -> Steps[dict[int, Key] | None]:
+    """read_render_keys in steps (see fastpath): a line at a time."""
     if not text.isascii() or "\r" in text or "\0" in text:
         return None
     builder = PartitionBuilder(allow_both_pkeys=allow_both_pkeys, qos=qos)
@@ -62,6 +70,7 @@ def read_render_keys(text: str, *, allow_both_pkeys: bool, qos: bool) -> dict[in
     no_flags = GroupFlagState()
     partitions: dict[int, _Partition] = {}
     for number, row in enumerate(text.split("\n"), 1):
+        yield
         if len(row) >= LONG_LINE:  # OpenSM's reader would warn (or split it)
             return None
         match = STATEMENT.fullmatch(row)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from pkeyd.domain import DEFAULT_NAME, DEFAULT_PKEY, DesiredState, Partition
 from pkeyd.groups import DEFAULT_MTU, DEFAULT_RATE, GroupSettings, McastGroup
-from pkeyd.opensm.fastpath import gc_paused
+from pkeyd.opensm.fastpath import Steps, gc_paused, run_steps
 from pkeyd.opensm.parse import parse
 from pkeyd.opensm.parsed import ENTRY_SEP, GroupFlags, Indx0Runs, ParsedPartition, indx0_runs
 from pkeyd.opensm.render import states_members
-from pkeyd.opensm.renderkeys import read_render_keys
+from pkeyd.opensm.renderkeys import render_keys_steps
 
 # OpenSM gives an IPoIB group this Q_Key when none is set.
 IPOIB_QKEY = 0x0B1B
@@ -191,16 +191,37 @@ def _render_order_key(partition: Partition) -> tuple[str, Indx0Runs] | tuple[Non
 def self_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: bool) -> list[str]:
     """Problems found reading `text` back; an empty list means it may go live."""
     with gc_paused():
-        return _self_check(text, state, allow_both_pkeys, qos)
+        if run_steps(reads_back_steps(text, state, allow_both_pkeys=allow_both_pkeys, qos=qos)):
+            return []
+        return _full_check(text, state, allow_both_pkeys, qos)
 
 
-def _self_check(text: str, state: DesiredState, allow_both_pkeys: bool, qos: bool) -> list[str]:
+def full_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: bool) -> list[str]:
+    """self_check by the full parse alone: for a file reads_back_steps could not pass."""
+    with gc_paused():
+        return _full_check(text, state, allow_both_pkeys, qos)
+
+
+def reads_back_steps(
+    text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: bool
+) -> Steps[bool]:
+    """The usual outcome, decided without the full parse, in steps (see fastpath).
+
+    True: the file is made of render's own lines only (anything else reads
+    as None) and means exactly this state, so self_check finds nothing.
+    False: only the full parse can tell (full_check).
+    """
+    expected_keys: dict[int, _Key] = {}
+    for partition in _rendered(state):
+        expected_keys[partition.pkey.value] = _expected_key(partition, qos)
+        yield
+    keys = yield from render_keys_steps(text, allow_both_pkeys=allow_both_pkeys, qos=qos)
+    return keys == expected_keys
+
+
+def _full_check(text: str, state: DesiredState, allow_both_pkeys: bool, qos: bool) -> list[str]:
     wanted = {p.pkey.value: p for p in _rendered(state)}
     expected_keys = {pkey: _expected_key(p, qos) for pkey, p in wanted.items()}
-    # The usual outcome, decided without the full parse: a file of render's
-    # own lines (anything else reads as None) that means exactly this state.
-    if read_render_keys(text, allow_both_pkeys=allow_both_pkeys, qos=qos) == expected_keys:
-        return []
     result = parse(text, allow_both_pkeys=allow_both_pkeys, qos=qos)
     problems = [f"line {d.line}: {d.severity}: {d.code}: {d.message}" for d in result.diagnostics]
     if result.fatal is not None:

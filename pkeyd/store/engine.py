@@ -6,6 +6,7 @@ pragmas live here and nowhere else.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from pkeyd.errors import SchemaOutdatedError
 
@@ -39,6 +41,10 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# How long a statement waits for another connection's lock before it fails.
+_BUSY_TIMEOUT_MS = 10_000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     # WAL lets readers run beside the single writer; synchronous=FULL makes a
@@ -46,7 +52,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     cursor.close()
     # The driver would open transactions lazily, before the first write only,
     # which breaks SAVEPOINTs and makes reads see no snapshot; pkeyd emits
@@ -58,11 +64,52 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 # then takes the write lock at BEGIN (IMMEDIATE), so the generation read first
 # cannot be overtaken by another process before the commit.
 WRITE_TRANSACTION = "pkeyd_write_transaction"
+# The option's value for a write transaction that must not wait: it fails
+# at once (WriteLockBusyError) when another connection holds the write lock.
+_NOW = "now"
+
+
+class WriteLockBusyError(Exception):
+    """Another connection holds the database's write lock (WRITE_TRANSACTION="now")."""
 
 
 def _sqlite_begin(conn: Connection) -> None:
     write = conn.get_execution_options().get(WRITE_TRANSACTION, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    if write != _NOW:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        return
+    # On the driver's own cursor: these three run once per group commit,
+    # on the event loop, and need none of SQLAlchemy's statement handling.
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise WriteLockBusyError(str(exc)) from exc
+            raise
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def begin_write_now(session: Session) -> Connection | None:
+    """Open `session`'s write transaction if the write lock is free right now.
+
+    None when another connection holds it: the session is then closed, and
+    the caller opens a new one that waits for the lock (off the event loop).
+    Taking a free lock costs microseconds, so a writer on the event loop
+    need not hand that step to a worker thread. SQLite's blocking engine
+    (make_sync_engine) only.
+    """
+    session.begin()
+    try:
+        return session.connection(execution_options={WRITE_TRANSACTION: _NOW})
+    except WriteLockBusyError:
+        session.close()  # BEGIN failed: nothing to roll back
+        return None
 
 
 def make_engine(url: str) -> AsyncEngine:

@@ -13,6 +13,7 @@ from pkeyd.api import app as app_module
 from pkeyd.config import Settings
 from pkeyd.domain import DesiredState
 from pkeyd.opensm import render as render_module
+from pkeyd.opensm.fastpath import Steps
 from pkeyd.opensm.render import is_intact_render
 from tests.helpers import Daemon, running_daemon
 from tests.unit.conftest import CountingReloader
@@ -96,11 +97,12 @@ async def test_a_render_that_reads_back_wrong_never_goes_live(
     await daemon.wait_applied()
     good = daemon.settings.partitions_conf.read_bytes()
 
-    def broken(state: DesiredState) -> str:
+    def broken(state: DesiredState) -> Steps[str]:
         # A stray line OpenSM would choke on: every partition would fall back.
-        return render_module.render(state) + "oops\n"
+        text = yield from render_module.render_steps(state)
+        return text + "oops\n"
 
-    monkeypatch.setattr("pkeyd.reconcile.render", broken)
+    monkeypatch.setattr("pkeyd.reconcile.render_steps", broken)
     await _create(daemon, "b", "0x11")
     status = await _until(daemon, "refused")
     refused = status["refused"]
@@ -111,7 +113,7 @@ async def test_a_render_that_reads_back_wrong_never_goes_live(
     metrics = await (await daemon.client.get("/metrics")).text()
     assert 'pkeyd_refused_writes_total{reason="self_check"} 1.0' in metrics
 
-    monkeypatch.setattr("pkeyd.reconcile.render", render_module.render)
+    monkeypatch.setattr("pkeyd.reconcile.render_steps", render_module.render_steps)
     await _create(daemon, "c", "0x12")
     status = await daemon.wait_applied()
     assert status["refused"] is None
