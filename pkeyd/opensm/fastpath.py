@@ -22,7 +22,7 @@ Steps: TypeAlias = Generator[None, None, T]
 
 # The longest the event loop works on a sliced computation before it serves
 # the rest of its tasks (an API request waits at most this long per loop turn),
-# and the pause after each slice.
+# and the pause after each slice (an idle loop's poll rounds it up to 1 ms).
 SLICE_S = 0.001
 GAP_S = 0.0005
 

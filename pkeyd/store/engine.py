@@ -86,7 +86,8 @@ def _sqlite_begin(conn: Connection) -> None:
         try:
             cursor.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # The primary code: SQLite may report an extended one (BUSY_SNAPSHOT, ...).
+            if (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise WriteLockBusyError(str(exc)) from exc
             raise
         finally:
