@@ -21,10 +21,15 @@ T = TypeVar("T")
 Steps: TypeAlias = Generator[None, None, T]
 
 # The longest the event loop works on a sliced computation before it serves
-# the rest of its tasks (an API request waits at most this long per loop turn),
-# and the pause after each slice (an idle loop's poll rounds it up to 1 ms).
+# the rest of its tasks (an API request waits at most this long per loop turn).
 SLICE_S = 0.001
-GAP_S = 0.0005
+# The pause after a slice: short when the loop had nothing else to do (an
+# idle loop's poll rounds it up to 1 ms), long when it had, so that a busy
+# loop gives the computation about a fifth of its time.
+IDLE_GAP_S = 0.0005
+BUSY_GAP_S = 0.004
+# A loop turn longer than this ran other tasks: the loop is busy.
+_BUSY_TURN_S = 0.0002
 
 
 @contextlib.contextmanager
@@ -60,18 +65,21 @@ def run_steps(steps: Steps[T]) -> T:
         return result
 
 
-async def run_sliced(steps: Steps[T], slice_s: float = SLICE_S, gap_s: float = GAP_S) -> T:
-    """Run a stepped computation on the event loop, `slice_s` at a time, `gap_s` apart.
+async def run_sliced(steps: Steps[T], slice_s: float = SLICE_S) -> T:
+    """Run a stepped computation on the event loop, `slice_s` at a time, with pauses.
 
     Why not a worker thread: the thread and the event loop would share the
     interpreter lock, and each would wait out the other's 5 ms switch
     interval, so every request in flight during a 30 ms render waited about
     as long again. In slices the loop serves its ready tasks between two
-    slices: a request waits a slice per loop turn at most. The gap lets the
-    loop fall idle when nothing else is ready, and a worker thread that
-    waits for the lock (a commit back from its fsync) then takes it at once
-    instead of after a switch interval. Collection is paused within a slice
-    only (see gc_paused).
+    slices: a request waits a slice per loop turn at most. After each slice
+    one loop turn tells whether other tasks are waiting; then the pause is
+    long (BUSY_GAP_S), so that the requests keep most of the loop and no
+    queue builds behind the computation, or short (IDLE_GAP_S). Either pause
+    lets the loop fall idle when nothing else is ready, and a worker thread
+    that waits for the lock (a commit back from its fsync) then takes it at
+    once instead of after a switch interval. Collection is paused within a
+    slice only (see gc_paused).
     """
     clock = time.perf_counter
     while True:
@@ -84,4 +92,7 @@ async def run_sliced(steps: Steps[T], slice_s: float = SLICE_S, gap_s: float = G
             except StopIteration as done:
                 result: T = done.value
                 return result
-        await asyncio.sleep(gap_s)
+        turn = clock()
+        await asyncio.sleep(0)
+        busy = clock() - turn > _BUSY_TURN_S
+        await asyncio.sleep(BUSY_GAP_S if busy else IDLE_GAP_S)

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 
 from pkeyd.domain import DesiredState, KeywordMember, Member, Membership, Partition, PKey, PortGuid
+from pkeyd.opensm import fastpath
 from pkeyd.opensm.fastpath import Steps, run_sliced, run_steps
 from pkeyd.opensm.render import is_intact_render, render, render_steps
 from pkeyd.opensm.selfcheck import full_check, reads_back_steps, self_check
@@ -48,6 +49,38 @@ async def test_sliced_steps_give_the_loop_back_between_slices() -> None:
     during = len(ticks) - before
     other.cancel()
     assert during >= 5, during  # the other task ran between the slices
+
+
+async def test_the_pause_after_a_slice_is_long_only_when_other_tasks_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        if delay:
+            pauses.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr("pkeyd.opensm.fastpath.asyncio.sleep", sleep)
+    # An idle loop: the pauses are short (a slow machine may see a busy turn).
+    await run_sliced(_busy(10, 0.001), slice_s=0.001)
+    assert pauses.count(fastpath.IDLE_GAP_S) >= len(pauses) // 2, pauses
+
+    async def competitor() -> None:  # takes 1 ms of every loop turn
+        while True:
+            until = time.perf_counter() + 0.001
+            while time.perf_counter() < until:
+                pass
+            await real_sleep(0)
+
+    pauses.clear()
+    other = asyncio.create_task(competitor())
+    await real_sleep(0)
+    await run_sliced(_busy(10, 0.001), slice_s=0.001)
+    other.cancel()
+    assert pauses
+    assert set(pauses) == {fastpath.BUSY_GAP_S}, pauses
 
 
 async def test_collection_is_paused_only_inside_slices_and_restored_on_error() -> None:
