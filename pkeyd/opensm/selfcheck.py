@@ -193,13 +193,7 @@ def self_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: b
     with gc_paused():
         if run_steps(reads_back_steps(text, state, allow_both_pkeys=allow_both_pkeys, qos=qos)):
             return []
-        return _full_check(text, state, allow_both_pkeys, qos)
-
-
-def full_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: bool) -> list[str]:
-    """self_check by the full parse alone: for a file reads_back_steps could not pass."""
-    with gc_paused():
-        return _full_check(text, state, allow_both_pkeys, qos)
+    return full_check(text, state, allow_both_pkeys=allow_both_pkeys, qos=qos)
 
 
 def reads_back_steps(
@@ -219,21 +213,25 @@ def reads_back_steps(
     return keys == expected_keys
 
 
-def _full_check(text: str, state: DesiredState, allow_both_pkeys: bool, qos: bool) -> list[str]:
-    wanted = {p.pkey.value: p for p in _rendered(state)}
-    expected_keys = {pkey: _expected_key(p, qos) for pkey, p in wanted.items()}
-    result = parse(text, allow_both_pkeys=allow_both_pkeys, qos=qos)
-    problems = [f"line {d.line}: {d.severity}: {d.code}: {d.message}" for d in result.diagnostics]
-    if result.fatal is not None:
-        return problems[:_MAX_PROBLEMS]
-    parsed = {p.pkey: p for p in result.partitions}
-    flags: dict[int, tuple[int, ...] | None] = {}
-    parsed_keys = {pkey: _parsed_key(p, flags) for pkey, p in parsed.items()}
-    if parsed_keys == expected_keys:  # the usual outcome, decided in one comparison
-        return problems[:_MAX_PROBLEMS]
-    both = parsed_keys.keys() & expected_keys.keys()
-    same = {pkey for pkey in both if parsed_keys[pkey] == expected_keys[pkey]}
-    return _detailed(problems, parsed, wanted, allow_both_pkeys, qos, skip=same)
+def full_check(text: str, state: DesiredState, *, allow_both_pkeys: bool, qos: bool) -> list[str]:
+    """self_check by the full parse alone: for a file reads_back_steps could not pass."""
+    with gc_paused():
+        wanted = {p.pkey.value: p for p in _rendered(state)}
+        expected_keys = {pkey: _expected_key(p, qos) for pkey, p in wanted.items()}
+        result = parse(text, allow_both_pkeys=allow_both_pkeys, qos=qos)
+        problems = [
+            f"line {d.line}: {d.severity}: {d.code}: {d.message}" for d in result.diagnostics
+        ]
+        if result.fatal is not None:
+            return problems[:_MAX_PROBLEMS]
+        parsed = {p.pkey: p for p in result.partitions}
+        flags: dict[int, tuple[int, ...] | None] = {}
+        parsed_keys = {pkey: _parsed_key(p, flags) for pkey, p in parsed.items()}
+        if parsed_keys == expected_keys:  # the usual outcome, decided in one comparison
+            return problems[:_MAX_PROBLEMS]
+        both = parsed_keys.keys() & expected_keys.keys()
+        same = {pkey for pkey in both if parsed_keys[pkey] == expected_keys[pkey]}
+        return _detailed(problems, parsed, wanted, allow_both_pkeys, qos, skip=same)
 
 
 def _detailed(
