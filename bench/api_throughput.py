@@ -90,6 +90,16 @@ def _quantile(xs: list[float], q: float) -> float:
 Request = Callable[[Connection, int, int], Awaitable[None]]
 
 
+async def _settled(http: aiohttp.ClientSession) -> None:
+    """Wait until pkeyd has applied every change so far (no pass left from the last phase)."""
+    for _ in range(600):
+        async with http.get("/api/v1/status") as resp:
+            if not (await resp.json())["pending"]:
+                return
+        await asyncio.sleep(0.05)
+    raise SystemExit("pkeyd did not apply the changes within 30 s")
+
+
 async def _load(
     connections: list[Connection], per_client: int, request: Request
 ) -> tuple[float, list[float]]:
@@ -204,17 +214,25 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
                 async with http.post("/api/v1/partitions", json=body) as resp:
                     assert resp.status == 201, await resp.text()
             connections = [await Connection.open("127.0.0.1", port) for _ in range(CLIENTS)]
+            await _settled(http)
             cpu = _Cpu(proc.pid)
             results["writes"] = (*await _load(connections, writes, write), cpu.lap())
+            await _settled(http)
+            cpu.lap()
             results["reads"] = (*await _load(connections, reads, read), cpu.lap())
+            await _settled(http)
+            cpu.lap()
             results["minimal"] = (*await _load(connections, writes, write_minimal), cpu.lap())
+            await _settled(http)
             results["paced_writes"] = (*await _paced(connections, 1000, paced_s, write), None)
+            await _settled(http)
             results["paced_reads"] = (*await _paced(connections, 5000, paced_s, read), None)
             for conn in connections:
                 conn.close()
 
             async with http.post("/api/v1/partitions", json={"name": "bulk"}) as resp:
                 pkey = (await resp.json())["pkey"]
+            await _settled(http)
             members = [{"guid": _guid(0xFF, i)} for i in range(BULK)]
             started = time.perf_counter()
             async with http.post(f"/api/v1/partitions/{pkey}/members",

@@ -69,6 +69,11 @@ WRITE_TRANSACTION = "pkeyd_write_transaction"
 _NOW = "now"
 
 
+# An engine with this execution option runs the statements of pkeyd.store.direct
+# on the driver's cursor: a blocking driver with a positional parameter style.
+DIRECT_STATEMENTS = "pkeyd_direct_statements"
+
+
 class WriteLockBusyError(Exception):
     """Another connection holds the database's write lock (WRITE_TRANSACTION="now")."""
 
@@ -135,7 +140,9 @@ def make_sync_engine(url: str) -> Engine | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
+    engine = create_engine(
+        parsed.set(drivername="sqlite+pysqlite"), execution_options={DIRECT_STATEMENTS: True}
+    )
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
     return engine

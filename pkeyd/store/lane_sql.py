@@ -3,21 +3,35 @@
 Written once, run two ways: inside the asyncio transaction of a group
 commit (through AsyncSession.run_sync), or on a blocking SQLite connection
 (pkeyd.groupcommit), where a group of writes costs no thread hop per
-statement. Never commits.
+statement and each statement runs on the driver's cursor
+(pkeyd.store.direct). Never commits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Insert, Table, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Executable,
+    Insert,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from pkeyd.domain import PKey
 from pkeyd.history import MemberChange, MemberState
+from pkeyd.store import direct
 from pkeyd.store.journal import NewRevision
 from pkeyd.store.models import (
     KeywordMemberRow,
@@ -28,8 +42,11 @@ from pkeyd.store.models import (
     StateRow,
 )
 
-# Bound parameters per statement stay well under SQLite's and asyncpg's limits.
-_BATCH = 5000
+T = TypeVar("T")
+
+# Past this many GUIDs named, a scan of each partition beats many IN lists.
+_SCAN_PAST = 5000
+# Rows per INSERT: bound parameters stay well under SQLite's and asyncpg's limits.
 _INSERT_BATCH = 10_000
 _MEMBERS = cast(Table, MemberRow.__table__)
 _KEYWORDS = cast(Table, KeywordMemberRow.__table__)
@@ -48,34 +65,85 @@ class Head:
     defmember: str | None
 
 
-# The statements, built once: building one costs more than running it, and a
-# group commit runs each of them once per transaction.
+def _rows(
+    conn: Connection, statement: Executable, params: Mapping[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    if direct.direct(conn):
+        return direct.rows(conn, statement, params)
+    return [tuple(r) for r in conn.execute(statement, params).all()]
+
+
+def _execute_many(
+    conn: Connection, statement: Executable, params: Sequence[Mapping[str, Any]]
+) -> None:
+    if not params:
+        return
+    if direct.direct(conn):
+        direct.execute_many(conn, statement, params)
+    else:
+        conn.execute(statement, list(params))
+
+
+# IN lists: at most _IN_LIST values each, padded (with the last value
+# repeated) to a power of two, so that few statements are ever compiled and
+# the driver's statement cache keeps them prepared.
+_IN_LIST = 512
+
+
+def _slots(name: str, length: int) -> list[BindParameter[Any]]:
+    return [bindparam(f"{name}{i}") for i in range(length)]
+
+
+def _in_lists(name: str, values: Sequence[T]) -> Iterator[tuple[int, dict[str, T]]]:
+    """Per IN list: its length and the parameters of `_slots(name, length)`."""
+    for start in range(0, len(values), _IN_LIST):
+        batch = values[start : start + _IN_LIST]
+        length = 1 << (len(batch) - 1).bit_length()
+        padded = [*batch, *[batch[-1]] * (length - len(batch))]
+        yield length, {f"{name}{i}": v for i, v in enumerate(padded)}
+
+
+# The statements, built once (or once per IN list length): building one costs
+# more than running it, and a group commit runs each of them once per transaction.
 # FOR UPDATE serialises writers of other processes on a shared server
 # database; SQLite's BEGIN IMMEDIATE has already taken the write lock.
 _LOCKED_GENERATION = select(StateRow.desired_generation).where(StateRow.id == 1).with_for_update()
 _SET_GENERATION = (
     update(StateRow).where(StateRow.id == 1).values(desired_generation=bindparam("generation"))
 )
-_HEADS = select(
-    PartitionRow.id, PartitionRow.pkey, PartitionRow.generation, PartitionRow.defmember
-).where(PartitionRow.pkey.in_(bindparam("pkeys", expanding=True)))
+
+
+@functools.cache
+def _heads(length: int) -> Executable:
+    return select(
+        PartitionRow.id, PartitionRow.pkey, PartitionRow.generation, PartitionRow.defmember
+    ).where(PartitionRow.pkey.in_(_slots("p", length)))
+
+
 _MEMBER_STATES = select(
     MemberRow.partition_id, MemberRow.guid, MemberRow.membership, MemberRow.index0
 )
-_STATES_NAMED = _MEMBER_STATES.where(
-    MemberRow.partition_id.in_(bindparam("pids", expanding=True)),
-    MemberRow.guid.in_(bindparam("guids", expanding=True)),
-)
 _STATES_ALL = _MEMBER_STATES.where(MemberRow.partition_id == bindparam("pid"))
-_LISTING_PKEYS = (
-    select(MemberRow.guid, PartitionRow.pkey)
-    .join(PartitionRow)
-    .where(MemberRow.guid.in_(bindparam("guids", expanding=True)))
-)
+
+
+@functools.cache
+def _states_named(length: int) -> Executable:
+    return _MEMBER_STATES.where(MemberRow.guid.in_(_slots("g", length)))
+
+
+@functools.cache
+def _listing_pkeys(length: int) -> Executable:
+    return (
+        select(MemberRow.guid, PartitionRow.pkey)
+        .join(PartitionRow)
+        .where(MemberRow.guid.in_(_slots("g", length)))
+    )
+
+
 _CA_KEYWORD_PKEYS = (
     select(PartitionRow.pkey)
     .join(KeywordMemberRow)
-    .where(KeywordMemberRow.keyword.in_(("ALL", "ALL_CAS")))
+    .where(or_(KeywordMemberRow.keyword == "ALL", KeywordMemberRow.keyword == "ALL_CAS"))
     .distinct()
 )
 _STAMP = (
@@ -101,50 +169,51 @@ _MEMBER_WRITES = {False: _by_target(_MEMBERS, "guid"), True: _by_target(_KEYWORD
 
 
 def locked_generation(conn: Connection) -> int:
-    return int(conn.scalar(_LOCKED_GENERATION) or 0)
+    found = _rows(conn, _LOCKED_GENERATION)
+    return int(found[0][0]) if found else 0
 
 
 def set_generation(conn: Connection, generation: int) -> None:
-    conn.execute(_SET_GENERATION, {"generation": generation})
+    _execute_many(conn, _SET_GENERATION, [{"generation": generation}])
 
 
 def heads(conn: Connection, pkeys: Sequence[int]) -> dict[int, Head]:
-    rows = conn.execute(_HEADS, {"pkeys": list(pkeys)})
-    return {r.pkey: Head(r.id, PKey(r.pkey), r.generation, r.defmember) for r in rows.all()}
+    found: dict[int, Head] = {}
+    for length, params in _in_lists("p", pkeys):
+        for id_, pkey, generation, defmember in _rows(conn, _heads(length), params):
+            found[pkey] = Head(id_, PKey(pkey), generation, defmember)
+    return found
 
 
 def states_of(conn: Connection, named: Mapping[int, set[str]]) -> dict[int, dict[str, MemberState]]:
     """The stored state of the GUIDs named per partition id (absent: not a member)."""
     found: dict[int, dict[str, MemberState]] = {pid: {} for pid in named}
     guids = sorted(set().union(*named.values())) if named else []
-    if len(guids) > _BATCH:
-        # Many names: one scan of each partition beats many IN lists.
+    if len(guids) > _SCAN_PAST:
         for pid, wanted in named.items():
-            rows = conn.execute(_STATES_ALL, {"pid": pid})
-            found[pid] = {g: (m, i) for _, g, m, i in rows.all() if g in wanted}
+            rows = _rows(conn, _STATES_ALL, {"pid": pid})
+            found[pid] = {g: (m, i) for _, g, m, i in rows if g in wanted}
         return found
-    if guids:
-        rows = conn.execute(_STATES_NAMED, {"pids": list(named), "guids": guids})
-        for pid, g, m, i in rows.all():
-            if g in named[pid]:
+    for length, params in _in_lists("g", guids):
+        # Every partition's rows of these GUIDs: a GUID is in few partitions.
+        for pid, g, m, i in _rows(conn, _states_named(length), params):
+            if g in named.get(pid, ()):
                 found[pid][g] = (m, i)
     return found
 
 
 def explicit_pkeys(conn: Connection, guids: Iterable[str]) -> dict[str, set[int]]:
     """PKeys of the partitions that list each GUID."""
-    wanted = sorted(guids)
     found: dict[str, set[int]] = {}
-    for start in range(0, len(wanted), _BATCH):
-        batch = wanted[start : start + _BATCH]
-        for guid, pkey in conn.execute(_LISTING_PKEYS, {"guids": batch}).all():
+    for length, params in _in_lists("g", sorted(guids)):
+        for guid, pkey in _rows(conn, _listing_pkeys(length), params):
             found.setdefault(str(guid), set()).add(int(pkey))
     return found
 
 
 def ca_keyword_pkeys(conn: Connection) -> set[int]:
     """PKeys of the partitions whose keywords cover every CA port (ALL, ALL_CAS)."""
-    return {int(p) for (p,) in conn.execute(_CA_KEYWORD_PKEYS).all()}
+    return {int(p) for (p,) in _rows(conn, _CA_KEYWORD_PKEYS)}
 
 
 def write_many(conn: Connection, changes: Iterable[tuple[int, MemberChange]]) -> None:
@@ -172,13 +241,11 @@ def write_many(conn: Connection, changes: Iterable[tuple[int, MemberChange]]) ->
                  "to_index0": change.after[1]}
             )  # fmt: skip
     for keyword, (remove, add, alter) in _MEMBER_WRITES.items():
-        if gone[keyword]:
-            conn.execute(remove, gone[keyword])
+        _execute_many(conn, remove, gone[keyword])
         rows = added[keyword]
         for start in range(0, len(rows), _INSERT_BATCH):
             _insert_rows(conn, add, rows[start : start + _INSERT_BATCH])
-        if altered[keyword]:
-            conn.execute(alter, altered[keyword])
+        _execute_many(conn, alter, altered[keyword])
 
 
 # Past this many rows an INSERT goes to the driver directly (below).
@@ -201,7 +268,7 @@ def _insert_rows(conn: Connection, statement: Insert, rows: list[dict[str, objec
         _compiled[key] = (str(compiled), tuple(compiled.positiontup or ())) if positional else None
     driver = _compiled[key]
     if len(rows) < _DRIVER_ROWS or driver is None:
-        conn.execute(statement, rows)
+        _execute_many(conn, statement, rows)
         return
     sql, names = driver
     conn.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in rows])
@@ -211,7 +278,8 @@ def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) ->
     """Several revisions in two statements."""
     if not new:
         return
-    conn.execute(
+    _execute_many(
+        conn,
         _ADD_REVISION,
         [
             {"generation": r.generation, "at": at, "actor": r.actor, "action": r.action,
@@ -219,7 +287,8 @@ def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) ->
             for r in new
         ],
     )  # fmt: skip
-    conn.execute(
+    _execute_many(
+        conn,
         _ADD_CHANGE,
         [
             {"generation": r.generation, "pkey": d.pkey.value, "delta": d.dumps()}
@@ -231,8 +300,8 @@ def add_revisions(conn: Connection, new: Sequence[NewRevision], at: datetime) ->
 
 def stamp_many(conn: Connection, generations: Mapping[int, int], now: datetime) -> None:
     """Give each partition (by id) the generation of the last change made to it."""
-    if generations:
-        conn.execute(
-            _STAMP,
-            [{"pid": pid, "to_generation": g, "to_updated": now} for pid, g in generations.items()],
-        )
+    _execute_many(
+        conn,
+        _STAMP,
+        [{"pid": pid, "to_generation": g, "to_updated": now} for pid, g in generations.items()],
+    )
