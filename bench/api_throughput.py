@@ -1,4 +1,4 @@
-"""API throughput: durable single-member writes, reads, and one bulk add of 100,000 GUIDs.
+"""API throughput: durable single-member writes, reads, and bulk adds of 100,000 GUIDs.
 
 A real `pkeyd serve` (its own process, SQLite with synchronous=FULL, reload
 by a no-op command, no fabric reader) on a real socket; 50 concurrent
@@ -8,7 +8,8 @@ clients in this process on keep-alive connections (aiohttp). Measured:
 - reads: each client GETs its partition;
 - the same writes again with `Prefer: return=minimal` (answered 204, no
   document), which shows what serialising the partition costs;
-- bulk: one POST .../members with 100,000 GUIDs, to a new partition.
+- bulk: one POST .../members with 100,000 GUIDs to a new partition, three
+  times (the verdict by the median).
 Each phase starts when pkeyd has applied every change so far.
 Targets: >= 1,000 writes/s, >= 5,000 reads/s, p99 < 50 ms each, bulk < 3 s.
 
@@ -38,6 +39,7 @@ from pkeyd.sim.daemon import free_port
 CLIENTS = 50
 MINIMAL = {"Prefer": "return=minimal"}
 BULK = 100_000
+BULK_RUNS = 3  # the verdict goes by their median
 
 
 def _config(workdir: Path, port: int) -> Path:
@@ -182,7 +184,37 @@ class _Cpu:
         return spent
 
 
+async def _bulk(http: aiohttp.ClientSession, prefix: int) -> tuple[float, int]:
+    """One request adding BULK new GUIDs to a new partition: seconds, members answered."""
+    async with http.post("/api/v1/partitions", json={"name": f"bulk-{prefix:02x}"}) as resp:
+        pkey = (await resp.json())["pkey"]
+    await _settled(http)
+    # The clock runs from the request's first byte sent to the answer's last
+    # byte received: encoding the request and decoding the answer are the
+    # client's work.
+    members = json.dumps({"members": [{"guid": _guid(prefix, i)} for i in range(BULK)]})
+    started = time.perf_counter()
+    async with http.post(f"/api/v1/partitions/{pkey}/members", data=members,
+                         headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
+        answer = await resp.read()
+    seconds = time.perf_counter() - started
+    assert resp.status == 200, answer
+    return seconds, len(json.loads(answer)["members"])
+
+
+def _reference_s() -> float:
+    """CPU seconds of a fixed piece of Python: how fast the shared machine is right now."""
+    started = time.process_time()
+    total = 0
+    for i in range(2_000_000):
+        total += i * i
+    assert total > 0
+    return time.process_time() - started
+
+
 async def bench(writes: int, reads: int, paced_s: float) -> None:
+    speed = [_reference_s()]
+    bulk: list[tuple[float, int]] = []
     workdir = Path(tempfile.mkdtemp(prefix="pkeyd-bench-api-"))
     port = free_port()
     proc = await _start(workdir, port)
@@ -232,20 +264,9 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
             for conn in connections:
                 conn.close()
 
-            async with http.post("/api/v1/partitions", json={"name": "bulk"}) as resp:
-                pkey = (await resp.json())["pkey"]
-            await _settled(http)
-            # The clock runs from the request's first byte sent to the answer's
-            # last byte received: encoding the request and decoding the answer
-            # are the client's work.
-            members = json.dumps({"members": [{"guid": _guid(0xFF, i)} for i in range(BULK)]})
-            started = time.perf_counter()
-            async with http.post(f"/api/v1/partitions/{pkey}/members", data=members,
-                                 headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
-                answer = await resp.read()
-            bulk_s = time.perf_counter() - started
-            assert resp.status == 200, answer
-            answered = len(json.loads(answer)["members"])
+            speed.append(_reference_s())
+            for run in range(BULK_RUNS):
+                bulk.append(await _bulk(http, 0xFF - run))
             async with http.get("/api/v1/status") as resp:
                 generation = (await resp.json())["desired_generation"]
             async with http.get("/metrics") as resp:
@@ -269,16 +290,23 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
     print(" At the target rates (requests due on a fixed schedule; latency from when due):")
     _report("single-member writes offered at 1,000/s", *results["paced_writes"][:2], None)
     _report("reads offered at 5,000/s", *results["paced_reads"][:2], None)
-    verdict = "met" if bulk_s < 3 else "MISSED"
-    print(f"  bulk add of {BULK:,} GUIDs in one request: {bulk_s:.2f} s ({verdict}, < 3 s); "
-          f"answer lists {answered:,} members")  # fmt: skip
+    median = sorted(s for s, _ in bulk)[len(bulk) // 2]
+    verdict = "met" if median < 3 else "MISSED"
+    each = ", ".join(f"{s:.2f} s" for s, _ in bulk)
+    print(f"  bulk add of {BULK:,} GUIDs in one request, {len(bulk)} times (each to a new "
+          f"partition): {each}; median {median:.2f} s ({verdict}, < 3 s); answers list "
+          f"{', '.join(f'{n:,}' for _, n in bulk)} members")  # fmt: skip
     print(f"  desired generation after the run: {generation}")
     passes = scraped.get("pkeyd_render_duration_seconds_count", 0.0)
     if passes:
         mean = scraped["pkeyd_render_duration_seconds_sum"] / passes * 1000
         print(f"  reconcile passes meanwhile: {passes:.0f}, render and self-check {mean:.1f} ms "
               "each on average (on the event loop, in slices between requests)")  # fmt: skip
+    speed.append(_reference_s())
     print(f"  load average at the end (other processes share the CPUs): {os.getloadavg()[0]:.2f}")
+    print("  a fixed piece of Python took " + ", ".join(f"{s:.2f}" for s in speed)
+          + " CPU seconds before the run, before the bulk adds and after them: "
+          "this shared machine's speed meanwhile")  # fmt: skip
 
 
 def _samples(metrics: str) -> dict[str, float]:
