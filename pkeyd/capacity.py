@@ -62,12 +62,15 @@ class CapacityGuard:
         keyword_pkeys: set[int],
     ) -> None:
         """409 naming the ports that adding `pkey` would take past their table size."""
-        over = []
-        for guid in sorted(guids):
-            load = len(listed.get(guid, set()) | keyword_pkeys | {pkey.value})
-            if load > self.cap(guid):
-                over.append(f"{guid} ({load} > {self.cap(guid)})")
-        if over:
+        always = keyword_pkeys | {pkey.value}  # what every port named will hold
+        loads = []
+        for guid in guids:
+            pkeys = listed.get(guid)
+            load = len(pkeys | always) if pkeys else len(always)
+            if load > self._caps.get(guid, self._default_cap):
+                loads.append((guid, load))
+        if loads:
+            over = [f"{guid} ({load} > {self.cap(guid)})" for guid, load in sorted(loads)]
             shown = ", ".join(over[:_SHOWN]) + (
                 f" and {len(over) - _SHOWN} more" if len(over) > _SHOWN else ""
             )
