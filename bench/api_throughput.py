@@ -10,7 +10,11 @@ clients in this process on keep-alive connections (aiohttp). Measured:
   document), which shows what serialising the partition costs;
 - bulk: one POST .../members with 100,000 GUIDs to a new partition, three
   times (the verdict by the median).
-Each phase starts when pkeyd has applied every change so far.
+Each phase starts when pkeyd has applied every change so far. For scale,
+the same clients then drive bench.floor_server (aiohttp alone, answering a
+document as large as pkeyd's from memory) right after pkeyd's closed-loop
+writes and reads; and a fixed piece of Python is timed before, between and
+after, since this shared machine's speed varies.
 Targets: >= 1,000 writes/s, >= 5,000 reads/s, p99 < 50 ms each, bulk < 3 s.
 
 Run: make bench   (or .venv/bin/python -m bench.api_throughput --writes 200 --reads 1000)
@@ -65,15 +69,24 @@ async def _start(workdir: Path, port: int) -> asyncio.subprocess.Process:
         stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
     )  # fmt: skip
     log.close()
+    try:
+        await _answering(port, "/healthz")
+    except SystemExit:
+        proc.kill()
+        raise SystemExit(f"pkeyd did not start; see {workdir}/pkeyd.log") from None
+    return proc
+
+
+async def _answering(port: int, path: str) -> None:
+    """Wait (30 s at most) until the server on `port` answers GET `path` with 200."""
     async with aiohttp.ClientSession() as http:
         for _ in range(600):
             with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
                     if resp.status == 200:
-                        return proc
+                        return
             await asyncio.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"pkeyd did not start; see {workdir}/pkeyd.log")
+    raise SystemExit(f"nothing answered on port {port}")
 
 
 def _cpu_s(pid: int) -> float:
@@ -202,6 +215,45 @@ async def _bulk(http: aiohttp.ClientSession, prefix: int) -> tuple[float, int]:
     return seconds, len(json.loads(answer)["members"])
 
 
+async def _floor(
+    document: bytes, method: str, per_client: int
+) -> tuple[float, list[float], tuple[float, float]]:
+    """The same closed loop against bench.floor_server answering `document`.
+
+    Run right after the pkeyd phase it is set beside, so that both see the
+    shared machine at about the same speed.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="pkeyd-bench-floor-"))
+    (workdir / "document.json").write_bytes(document)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.floor_server", str(port), str(workdir / "document.json"),
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+    async def send(conn: Connection, c: int, i: int) -> None:
+        path = f"/api/v1/partitions/0x{0x100 + c:04x}"
+        if method == "GET":
+            status, answer = await conn.send(request("GET", path))
+        else:
+            body = {"members": [{"guid": _guid(c, i)}]}
+            status, answer = await conn.send(request("POST", f"{path}/members", body))
+        assert status == 200, answer
+
+    try:
+        await _answering(port, "/")
+        connections = [await Connection.open("127.0.0.1", port) for _ in range(CLIENTS)]
+        cpu = _Cpu(proc.pid)
+        wall, latencies = await _load(connections, per_client, send)
+        for conn in connections:
+            conn.close()
+        return wall, latencies, cpu.lap()
+    finally:
+        proc.terminate()
+        await proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _reference_s() -> float:
     """CPU seconds of a fixed piece of Python: how fast the shared machine is right now."""
     started = time.process_time()
@@ -219,6 +271,8 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
     port = free_port()
     proc = await _start(workdir, port)
     written = [0] * CLIENTS  # GUIDs added so far, per client
+    document = [b""]  # a partition document as the last write or read got it
+    floor: dict[str, tuple[float, list[float], tuple[float, float]]] = {}
 
     def path(c: int) -> str:
         return f"/api/v1/partitions/0x{0x100 + c:04x}"
@@ -230,6 +284,7 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
         written[c] += 1
         status, answer = await conn.send(request("POST", f"{path(c)}/members", body, headers))
         assert status == (204 if headers else 200), answer
+        document[0] = answer or document[0]
 
     async def write_minimal(conn: Connection, c: int, i: int) -> None:
         await write(conn, c, i, MINIMAL)
@@ -238,6 +293,7 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
         status, answer = await conn.send(request("GET", path(c)))
         assert status == 200, answer
         assert answer, "an empty document"
+        document[0] = answer
 
     results: dict[str, tuple[float, list[float], tuple[float, float] | None]] = {}
     try:
@@ -252,8 +308,10 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
             cpu = _Cpu(proc.pid)
             results["writes"] = (*await _load(connections, writes, write), cpu.lap())
             await _settled(http)
+            floor["writes"] = await _floor(document[0], "POST", writes)
             cpu.lap()
             results["reads"] = (*await _load(connections, reads, read), cpu.lap())
+            floor["reads"] = await _floor(document[0], "GET", reads)
             await _settled(http)
             cpu.lap()
             results["minimal"] = (*await _load(connections, writes, write_minimal), cpu.lap())
@@ -302,6 +360,14 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
         mean = scraped["pkeyd_render_duration_seconds_sum"] / passes * 1000
         print(f"  reconcile passes meanwhile: {passes:.0f}, render and self-check {mean:.1f} ms "
               "each on average (on the event loop, in slices between requests)")  # fmt: skip
+    print(" The HTTP framework alone, for scale: aiohttp answering a partition document as")
+    print("  pkeyd's answers were, from memory, to the same clients, right after pkeyd's phase;")
+    print("  no store, no auth, no checks")
+    for kind, label in (("writes", "single-member POSTs, each body decoded"), ("reads", "GETs")):
+        wall, latencies, spent = floor[kind]
+        rate, ours = len(latencies) / wall, len(results[kind][1]) / results[kind][0]
+        print(f"  {label}: {rate:,.0f}/s, {spent[0] / len(latencies) * 1e6:.0f} us of CPU each; "
+              f"pkeyd's {kind} above ran at {ours / rate:.0%} of that rate")  # fmt: skip
     speed.append(_reference_s())
     print(f"  load average at the end (other processes share the CPUs): {os.getloadavg()[0]:.2f}")
     print("  a fixed piece of Python took " + ", ".join(f"{s:.2f}" for s in speed)
