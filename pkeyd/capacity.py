@@ -67,7 +67,7 @@ class CapacityGuard:
         for guid in guids:
             pkeys = listed.get(guid)
             load = len(pkeys | always) if pkeys else len(always)
-            if load > self._caps.get(guid, self._default_cap):
+            if load > self.cap(guid):
                 loads.append((guid, load))
         if loads:
             over = [f"{guid} ({load} > {self.cap(guid)})" for guid, load in sorted(loads)]
