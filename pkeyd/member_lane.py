@@ -25,6 +25,7 @@ from pkeyd.drafts import MemberSpec
 from pkeyd.errors import NotFoundError, PkeydError
 from pkeyd.groupcommit import Tx
 from pkeyd.history import MemberChange, MemberState, PartitionDelta, with_members
+from pkeyd.opensm.fastpath import gc_paused
 from pkeyd.store import journal, lane_sql
 from pkeyd.store import members as member_rows
 from pkeyd.store.models import PartitionRow
@@ -90,8 +91,21 @@ class MemberLane:
         """Decide and write the group on a blocking session; no commit.
 
         Answers each write's (ok, result or error), the generation reached,
-        and the partitions as the group leaves them.
+        and the partitions as the group leaves them. A bulk add makes several
+        objects per GUID, none in a reference cycle: collecting meanwhile
+        would only walk every cached partition again (see gc_paused).
         """
+        with gc_paused():
+            return self._run(session, payloads, base, now, known)
+
+    def _run(
+        self,
+        session: Session,
+        payloads: list[Any],
+        base: int,
+        now: datetime,
+        known: Callable[[PKey, int], Partition | None],
+    ) -> tuple[list[tuple[bool, Any]], int, dict[int, Partition | None]]:
         requests: list[MemberRequest] = payloads
         conn = session.connection()
         heads = lane_sql.heads(conn, sorted({r.pkey.value for r in requests}))

@@ -29,6 +29,10 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
+# Comparisons, not an IN list: SQLite builds a temporary B-tree of an IN
+# list in a CHECK for every row it writes (see migration 0005).
+MEMBERSHIP_CHECK = "membership = 'full' OR membership = 'limited' OR membership = 'both'"
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp that always reads back aware, in UTC.
@@ -91,9 +95,7 @@ class PartitionRow(Base):
 
 class MemberRow(Base):
     __tablename__ = "members"
-    __table_args__ = (
-        CheckConstraint("membership IN ('full', 'limited', 'both')", name="membership"),
-    )
+    __table_args__ = (CheckConstraint(MEMBERSHIP_CHECK, name="membership"),)
 
     partition_id: Mapped[int] = mapped_column(
         ForeignKey("partitions.id", ondelete="CASCADE"), primary_key=True
@@ -108,9 +110,7 @@ class MemberRow(Base):
 
 class KeywordMemberRow(Base):
     __tablename__ = "keyword_members"
-    __table_args__ = (
-        CheckConstraint("membership IN ('full', 'limited', 'both')", name="membership"),
-    )
+    __table_args__ = (CheckConstraint(MEMBERSHIP_CHECK, name="membership"),)
 
     partition_id: Mapped[int] = mapped_column(
         ForeignKey("partitions.id", ondelete="CASCADE"), primary_key=True

@@ -10,8 +10,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from pkeyd.config import Settings
 from pkeyd.store.engine import alembic_config, ensure_schema, make_engine
@@ -55,6 +57,51 @@ async def test_migrations_go_up_down_and_up_again(pg_url: str) -> None:
             assert await conn.run_sync(tables) == created
     finally:
         await engine.dispose()
+
+
+async def test_the_database_refuses_a_membership_outside_the_three(
+    pg_url: str, tmp_path: Path
+) -> None:
+    for url in (f"sqlite+aiosqlite:///{tmp_path}/pkeyd.db", pg_url):
+        engine = make_engine(url)
+        try:
+            await ensure_schema(engine)
+
+            def checks(sync: Any) -> dict[str, list[str | None]]:
+                tables = ("members", "keyword_members")
+                return {
+                    t: [c["name"] for c in inspect(sync).get_check_constraints(t)] for t in tables
+                }
+
+            async with engine.connect() as conn:
+                named = await conn.run_sync(checks)
+            assert named == {
+                "members": ["ck_members_membership"],
+                "keyword_members": ["ck_keyword_members_membership"],
+            }, url
+            async with engine.begin() as conn:
+                pid = (
+                    await conn.execute(text("SELECT id FROM partitions WHERE pkey = 32767"))
+                ).scalar_one()
+                for table, column, target in (
+                    ("members", "guid", "0x0002c90300000001"),
+                    ("keyword_members", "keyword", "ALL_CAS"),
+                ):
+                    insert = text(
+                        f"INSERT INTO {table} (partition_id, {column}, membership, index0) "
+                        "VALUES (:pid, :target, :membership, false)"
+                    )
+                    for membership in ("full", "limited", "both"):
+                        await conn.execute(insert, {"pid": pid, "target": target,
+                                                    "membership": membership})  # fmt: skip
+                        await conn.execute(text(f"DELETE FROM {table} WHERE {column} = :t"),
+                                           {"t": target})  # fmt: skip
+                    with pytest.raises(IntegrityError):
+                        async with conn.begin_nested():
+                            await conn.execute(insert, {"pid": pid, "target": target,
+                                                        "membership": "Full"})  # fmt: skip
+        finally:
+            await engine.dispose()
 
 
 async def _scenario(d: Daemon) -> str:

@@ -92,3 +92,18 @@ def test_serve_refuses_outdated_database(
     )
     assert rc == 2
     assert "pkeyd migrate --db" in capsys.readouterr().err
+
+
+def test_member_inserts_check_membership_without_a_table_per_row(tmp_path: Path) -> None:
+    """SQLite builds a temporary B-tree for an IN list in a CHECK on every row written."""
+    url = _url(tmp_path)
+    assert main(["migrate", "--db", url]) == 0
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        for table, column in (("members", "guid"), ("keyword_members", "keyword")):
+            plan = conn.execute(
+                f"EXPLAIN INSERT INTO {table} (partition_id, {column}, membership, index0) "
+                "VALUES (1, 'x', 'full', 0)"
+            ).fetchall()
+            opcodes = {row[1] for row in plan}
+            assert "Insert" in opcodes
+            assert "OpenEphemeral" not in opcodes, table
