@@ -32,7 +32,8 @@ from pkeyd.store.models import PartitionRow
 from pkeyd.store.repository import LOAD_ALL, to_domain
 from pkeyd.writes import WriteOptions, check_match
 
-Wanted = Callable[[member_rows.Head, Sequence[MemberSpec]], dict[str, MemberState]]
+# The head, the specs, and the specs' GUIDs as text (made once per request).
+Wanted = Callable[[member_rows.Head, Sequence[MemberSpec], Sequence[str]], dict[str, MemberState]]
 Prior = Callable[[Tx, PKey, int], Partition | None]
 
 
@@ -134,7 +135,7 @@ class MemberLane:
         stamps: dict[int, int] = {}
         updates: dict[int, Partition | None] = {}
         last = len(requests) - 1
-        for n, request in enumerate(requests):
+        for n, (request, targets) in enumerate(zip(requests, names, strict=True)):
             head = heads.get(request.pkey.value)
             try:
                 if head is None:
@@ -142,7 +143,7 @@ class MemberLane:
                 partition = partitions[request.pkey.value]
                 check_match(request.opts.if_match, request.pkey, partition.generation)
                 current = states[head.id]
-                made = self._decide(request, head, current, listed, keyword_pkeys)
+                made = self._decide(request, targets, head, current, listed, keyword_pkeys)
             except PkeydError as exc:
                 outcomes.append((False, exc))
                 continue
@@ -174,6 +175,7 @@ class MemberLane:
     def _decide(
         self,
         request: MemberRequest,
+        targets: Sequence[str],
         head: member_rows.Head,
         current: dict[str, MemberState],
         listed: dict[str, set[int]],
@@ -186,7 +188,7 @@ class MemberLane:
                 shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
                 raise NotFoundError(f"not members of {request.pkey}: {shown}", request.field)
             return [MemberChange(t, current[t], None) for t in request.targets if t in current]
-        wanted = self._wanted(head, request.members)
+        wanted = self._wanted(head, request.members, targets)
         made = [
             MemberChange(t, current.get(t), s) for t, s in wanted.items() if current.get(t) != s
         ]

@@ -25,8 +25,11 @@ from pkeyd.writes import NO_OPTIONS, WriteOptions, check_match
 
 # Plans a member write: the changes to make, given the partition's head.
 MemberPlan = Callable[[Tx, member_rows.Head], Awaitable[list[MemberChange]]]
+# The head, the member and keyword specs, and the member specs' GUIDs as
+# text when the caller already made them.
 Wanted = Callable[
-    [member_rows.Head, Sequence[MemberSpec], Sequence[MemberSpec]], dict[str, MemberState]
+    [member_rows.Head, Sequence[MemberSpec], Sequence[MemberSpec], Sequence[str] | None],
+    dict[str, MemberState],
 ]
 
 
@@ -35,7 +38,9 @@ class MemberWrites:
         self._wanted = wanted
         self._prior = prior
         self._capacity = capacity
-        self._lane = MemberLane(lambda head, specs: wanted(head, specs, ()), prior, capacity)
+        self._lane = MemberLane(
+            lambda head, specs, texts: wanted(head, specs, (), texts), prior, capacity
+        )
 
     def _member_op(
         self, pkey: PKey, action: str, plan: MemberPlan, opts: WriteOptions
@@ -92,7 +97,7 @@ class MemberWrites:
         """Add members or change their membership; others stay."""
 
         async def plan(tx: Tx, head: member_rows.Head) -> list[MemberChange]:
-            wanted = self._wanted(head, member_specs, keyword_specs)
+            wanted = self._wanted(head, member_specs, keyword_specs, None)
             guids = [t for t in wanted if t.startswith("0x")]
             current = await member_rows.member_states(tx.session, head.id, guids)
             if len(guids) < len(wanted):
@@ -116,7 +121,7 @@ class MemberWrites:
         """Make these the partition's whole member list (GUIDs and keywords)."""
 
         async def plan(tx: Tx, head: member_rows.Head) -> list[MemberChange]:
-            wanted = self._wanted(head, member_specs, keyword_specs)
+            wanted = self._wanted(head, member_specs, keyword_specs, None)
             current = await member_rows.member_states(tx.session, head.id, None)
             current.update(await member_rows.keyword_states(tx.session, head.id))
             return [

@@ -140,17 +140,28 @@ class PartitionService:
         return tuple(KeywordMember(str(t), m, i) for t, m, i in resolved)
 
     def _wanted(
-        self, head: member_rows.Head, members: Sequence[MemberSpec], keywords: Sequence[MemberSpec]
+        self,
+        head: member_rows.Head,
+        members: Sequence[MemberSpec],
+        keywords: Sequence[MemberSpec],
+        member_texts: Sequence[str] | None,
     ) -> dict[str, MemberState]:
-        """Target -> (membership, index0) as a member write asks, defaults applied."""
+        """Target -> (membership, index0) as a member write asks, defaults applied.
+
+        `member_texts`: the members' GUIDs as text, if the caller made them.
+        """
         default = Membership(head.defmember) if head.defmember else Membership.FULL
         wanted: dict[str, MemberState] = {}
-        for field, specs in (("members", members), ("keywords", keywords)):
-            for i, spec in enumerate(specs):
+        for field, specs, texts in (
+            ("members", members, member_texts),
+            ("keywords", keywords, None),
+        ):
+            targets = [str(s.target) for s in specs] if texts is None else texts
+            for i, (spec, target) in enumerate(zip(specs, targets, strict=True)):
                 membership = spec.membership or default
                 if membership is Membership.BOTH:
                     self._check_membership(membership, f"{field}[{i}].membership")
-                wanted[str(spec.target)] = (membership.value, spec.index0)
+                wanted[target] = (membership.value, spec.index0)
         return wanted
 
     def _bind_groups(

@@ -188,13 +188,13 @@ def heads(conn: Connection, pkeys: Sequence[int]) -> dict[int, Head]:
 def states_of(conn: Connection, named: Mapping[int, set[str]]) -> dict[int, dict[str, MemberState]]:
     """The stored state of the GUIDs named per partition id (absent: not a member)."""
     found: dict[int, dict[str, MemberState]] = {pid: {} for pid in named}
-    guids = sorted(set().union(*named.values())) if named else []
+    guids = set().union(*named.values()) if named else set()
     if len(guids) > _SCAN_PAST:
         for pid, wanted in named.items():
             rows = _rows(conn, _STATES_ALL, {"pid": pid})
             found[pid] = {g: (m, i) for _, g, m, i in rows if g in wanted}
         return found
-    for length, params in _in_lists("g", guids):
+    for length, params in _in_lists("g", sorted(guids)):
         # Every partition's rows of these GUIDs: a GUID is in few partitions.
         for pid, g, m, i in _rows(conn, _states_named(length), params):
             if g in named.get(pid, ()):
