@@ -97,80 +97,72 @@ class MemberLane:
         would only walk every cached partition again (see gc_paused).
         """
         with gc_paused():
-            return self._run(session, payloads, base, now, known)
+            requests: list[MemberRequest] = payloads
+            conn = session.connection()
+            heads = lane_sql.heads(conn, sorted({r.pkey.value for r in requests}))
+            names = [r.named() for r in requests]  # a bulk add names 100,000: made once
+            named: dict[int, set[str]] = {h.id: set() for h in heads.values()}
+            for r, targets in zip(requests, names, strict=True):
+                if (head := heads.get(r.pkey.value)) is not None:
+                    named[head.id].update(targets)
+            states = lane_sql.states_of(conn, named)
+            adding = {
+                t for r, ts in zip(requests, names, strict=True) if r.kind == "add" for t in ts
+            }
+            listed = lane_sql.explicit_pkeys(conn, adding) if adding else {}
+            keyword_pkeys = lane_sql.ca_keyword_pkeys(conn) if adding else set()
+            partitions: dict[int, Partition] = {}
+            for pkey, head in heads.items():
+                at_hand = known(head.pkey, head.generation)
+                if at_hand is None:  # not cached: one load of the whole partition
+                    row = session.scalars(
+                        select(PartitionRow).options(*LOAD_ALL).where(PartitionRow.pkey == pkey)
+                    ).one()
+                    at_hand = to_domain(row)
+                partitions[pkey] = at_hand
 
-    def _run(
-        self,
-        session: Session,
-        payloads: list[Any],
-        base: int,
-        now: datetime,
-        known: Callable[[PKey, int], Partition | None],
-    ) -> tuple[list[tuple[bool, Any]], int, dict[int, Partition | None]]:
-        requests: list[MemberRequest] = payloads
-        conn = session.connection()
-        heads = lane_sql.heads(conn, sorted({r.pkey.value for r in requests}))
-        names = [r.named() for r in requests]  # a bulk add names 100,000: made once
-        named: dict[int, set[str]] = {h.id: set() for h in heads.values()}
-        for r, targets in zip(requests, names, strict=True):
-            if (head := heads.get(r.pkey.value)) is not None:
-                named[head.id].update(targets)
-        states = lane_sql.states_of(conn, named)
-        adding = {t for r, ts in zip(requests, names, strict=True) if r.kind == "add" for t in ts}
-        listed = lane_sql.explicit_pkeys(conn, adding) if adding else {}
-        keyword_pkeys = lane_sql.ca_keyword_pkeys(conn) if adding else set()
-        partitions: dict[int, Partition] = {}
-        for pkey, head in heads.items():
-            at_hand = known(head.pkey, head.generation)
-            if at_hand is None:  # not cached: one load of the whole partition
-                row = session.scalars(
-                    select(PartitionRow).options(*LOAD_ALL).where(PartitionRow.pkey == pkey)
-                ).one()
-                at_hand = to_domain(row)
-            partitions[pkey] = at_hand
-
-        outcomes: list[tuple[bool, Any]] = []
-        changes: list[tuple[int, MemberChange]] = []
-        revisions: list[journal.NewRevision] = []
-        stamps: dict[int, int] = {}
-        updates: dict[int, Partition | None] = {}
-        last = len(requests) - 1
-        for n, (request, targets) in enumerate(zip(requests, names, strict=True)):
-            head = heads.get(request.pkey.value)
-            try:
-                if head is None:
-                    raise NotFoundError(f"no partition {request.pkey}", "pkey")
-                partition = partitions[request.pkey.value]
-                check_match(request.opts.if_match, request.pkey, partition.generation)
-                current = states[head.id]
-                made = self._decide(request, targets, head, current, listed, keyword_pkeys)
-            except PkeydError as exc:
-                outcomes.append((False, exc))
-                continue
-            if made:
-                base += 1
-                for change in made:
-                    if change.after is None:
-                        current.pop(change.target, None)
-                    else:
-                        current[change.target] = change.after
-                if n < last:  # what the capacity checks of the later writes see
-                    _list_in(listed, made, request.pkey.value)
-                changes.extend((head.id, c) for c in made)
-                delta = PartitionDelta(request.pkey, None, tuple(made))
-                revisions.append(
-                    journal.NewRevision(base, request.opts.actor, request.action, (delta,))
-                )
-                stamps[head.id] = base
-                partition = replace(with_members(partition, made), generation=base)
-                partitions[request.pkey.value] = partition
-                updates[request.pkey.value] = partition
-            outcomes.append((True, partition))
-        lane_sql.write_many(conn, changes)
-        lane_sql.add_revisions(conn, revisions, now)
-        lane_sql.stamp_many(conn, stamps, now)
-        session.expunge_all()
-        return outcomes, base, updates
+            outcomes: list[tuple[bool, Any]] = []
+            changes: list[tuple[int, MemberChange]] = []
+            revisions: list[journal.NewRevision] = []
+            stamps: dict[int, int] = {}
+            updates: dict[int, Partition | None] = {}
+            last = len(requests) - 1
+            for n, (request, targets) in enumerate(zip(requests, names, strict=True)):
+                head = heads.get(request.pkey.value)
+                try:
+                    if head is None:
+                        raise NotFoundError(f"no partition {request.pkey}", "pkey")
+                    partition = partitions[request.pkey.value]
+                    check_match(request.opts.if_match, request.pkey, partition.generation)
+                    current = states[head.id]
+                    made = self._decide(request, targets, head, current, listed, keyword_pkeys)
+                except PkeydError as exc:
+                    outcomes.append((False, exc))
+                    continue
+                if made:
+                    base += 1
+                    for change in made:
+                        if change.after is None:
+                            current.pop(change.target, None)
+                        else:
+                            current[change.target] = change.after
+                    if n < last:  # what the capacity checks of the later writes see
+                        _list_in(listed, made, request.pkey.value)
+                    changes.extend((head.id, c) for c in made)
+                    delta = PartitionDelta(request.pkey, None, tuple(made))
+                    revisions.append(
+                        journal.NewRevision(base, request.opts.actor, request.action, (delta,))
+                    )
+                    stamps[head.id] = base
+                    partition = replace(with_members(partition, made), generation=base)
+                    partitions[request.pkey.value] = partition
+                    updates[request.pkey.value] = partition
+                outcomes.append((True, partition))
+            lane_sql.write_many(conn, changes)
+            lane_sql.add_revisions(conn, revisions, now)
+            lane_sql.stamp_many(conn, stamps, now)
+            session.expunge_all()
+            return outcomes, base, updates
 
     def _decide(
         self,
