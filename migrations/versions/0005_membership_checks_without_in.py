@@ -1,7 +1,7 @@
 """Membership checks as comparisons joined by OR, not an IN list.
 
 SQLite evaluates a CHECK with an IN list by building a temporary B-tree of
-the list for every row it writes: inserting 100,000 members cost about twice
+the list for every row it writes: inserting 100,000 members cost 1.8 times
 what the same rows cost with `membership = 'full' OR ...`. The values
 allowed are the same on every backend. On SQLite the two tables are copied
 to new ones (batch mode); PostgreSQL alters the constraints in place.
