@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+
 from pkeyd.api.keys import SERVICE
 from pkeyd.cache import PartitionCache
 from pkeyd.domain import Partition, PKey, PortGuid
 from pkeyd.drafts import MemberSpec
 from pkeyd.service import PartitionService
-from pkeyd.store.engine import make_engine, make_sessionmaker
+from pkeyd.store.engine import make_engine, make_sessionmaker, stored_generation_now
 from tests.helpers import Daemon
 
 PART = "/api/v1/partitions/0x0a12"
@@ -68,3 +75,48 @@ def test_a_load_that_raced_a_change_is_not_kept() -> None:
     entry = cache.get(0x0A12)
     assert entry is not None
     assert entry.generation == 1
+
+
+def test_the_stored_generation_is_read_without_waiting_for_a_lock(tmp_path: Path) -> None:
+    """The loop's quick poll answers None at once when another connection locks the file."""
+    path = tmp_path / "locked.db"
+    with contextlib.closing(sqlite3.connect(path)) as setup:
+        setup.execute("CREATE TABLE state (id INTEGER PRIMARY KEY, desired_generation INTEGER)")
+        setup.execute("INSERT INTO state VALUES (1, 7)")
+        setup.commit()
+    # A rollback journal, not WAL: there a writer's EXCLUSIVE lock keeps every reader out.
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        assert stored_generation_now(engine) == 7
+        locker = sqlite3.connect(path, isolation_level=None)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            locker.execute("UPDATE state SET desired_generation = 8")
+            assert stored_generation_now(engine) is None
+            locker.execute("COMMIT")
+        finally:
+            locker.close()
+        assert stored_generation_now(engine) == 8
+        # The pooled connection waits for locks again for everything else.
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    finally:
+        engine.dispose()
+
+
+async def test_the_poll_on_sqlite_reads_the_generation_on_the_loop(daemon: Daemon) -> None:
+    """Nothing new: the poll ends at the quick read, with no statement through SQLAlchemy."""
+    service = daemon.app[SERVICE]
+    await daemon.json("POST", "/api/v1/partitions", 201, json={"name": "t", "pkey": "0x0a12"})
+    assert await service.refresh_cache() == 0  # synced with the stored generation
+    executed: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *_: object) -> None:
+        executed.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        assert await service.refresh_cache() == 0
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert executed == []
