@@ -43,7 +43,7 @@ from pkeyd.restore import replace_all_op, restore_op
 from pkeyd.revisions import rendered_diff
 from pkeyd.store import journal
 from pkeyd.store import members as member_rows
-from pkeyd.store.engine import stored_generation_now
+from pkeyd.store.engine import GenerationProbe
 from pkeyd.store.listing import PartitionFilter, partition_page, port_partitions
 from pkeyd.store.models import PartitionRow
 from pkeyd.store.repository import Repository, to_domain
@@ -69,11 +69,13 @@ class PartitionService:
         cache: PartitionCache | None = None,
         blocking: Engine | None = None,
         gate: asyncio.Lock | None = None,
+        probe: GenerationProbe | None = None,
     ) -> None:
         """`blocking`: a blocking engine on the same SQLite file (make_sync_engine), on
-        which grouped member writes commit whole in a worker thread."""
+        which grouped member writes commit whole in a worker thread. `probe`:
+        the cache's poll reads the stored generation with it first."""
         self._sessions = sessions
-        self._blocking = blocking
+        self._probe = probe
         self._settings = settings
         self._on_commit = on_commit
         self._capacity = capacity or CapacityGuard(settings.default_partition_cap)
@@ -438,13 +440,12 @@ class PartitionService:
         """Drop cached partitions another process changed. Returns how many.
 
         Under the commit gate: else a commit of this process could show in the
-        scan before it shows in the cache, and be taken for another's. On
-        SQLite the generation is first read on the loop (stored_generation_now):
-        most polls end there.
+        scan before it shows in the cache, and be taken for another's. The
+        probe reads the generation first, the cheap way: most polls end there.
         """
-        if self._blocking is not None:
+        if self._probe is not None:
             async with self._committer.gate:
-                generation = stored_generation_now(self._blocking)  # None: busy
+                generation = await self._probe.read()
                 if generation is not None and generation == self.cache.synced_generation:
                     return 0
         async with self._sessions() as session, session.begin(), self._committer.gate:

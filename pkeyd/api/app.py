@@ -47,7 +47,13 @@ from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
 from pkeyd.reconcile import Reconciler
 from pkeyd.service import PartitionService
 from pkeyd.snapshots import DesiredStateLoader
-from pkeyd.store.engine import ensure_schema, make_engine, make_sessionmaker, make_sync_engine
+from pkeyd.store.engine import (
+    GenerationProbe,
+    ensure_schema,
+    make_engine,
+    make_sessionmaker,
+    make_sync_engine,
+)
 from pkeyd.verification import LocalReader, ReaderFactory, Verifier, open_smp_source
 
 log = structlog.get_logger("pkeyd.app")
@@ -128,7 +134,14 @@ def _lifecycle(
             reconciler = Reconciler(settings, loader.load, reloader, metrics)
             app[RECONCILER] = reconciler
             service = PartitionService(
-                sessions, settings, reconciler.committed, capacity, cache, blocking, gate
+                sessions,
+                settings,
+                reconciler.committed,
+                capacity,
+                cache,
+                blocking,
+                gate,
+                GenerationProbe(engine, blocking),
             )
             app[SERVICE] = service
             tasks["cache"] = _guarded(service.keep_cache_fresh(), "pkeyd-cache")

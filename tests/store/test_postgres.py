@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from pkeyd.api.keys import SERVICE
 from pkeyd.config import Settings
-from pkeyd.store.engine import alembic_config, ensure_schema, make_engine
+from pkeyd.store.engine import GenerationProbe, alembic_config, ensure_schema, make_engine
 from tests.helpers import Daemon, running_daemon
 
 
@@ -220,3 +222,30 @@ async def test_two_daemons_on_one_database_keep_names_and_pkeys_unique(
             await asyncio.sleep(node.settings.cache_refresh_s * 2)  # the other's writes
             members = (await node.json("GET", "/api/v1/partitions/0x0100", 200))["members"]
             assert len(members) == 50
+
+
+async def test_the_cache_poll_reads_the_generation_on_asyncpg_directly(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Nothing new: the poll ends at one statement on the driver, none through SQLAlchemy."""
+    async with running_daemon(_settings(pg_url, tmp_path), _Reloads()) as d:
+        await d.json("POST", "/api/v1/partitions", 201, json={"name": "t", "pkey": "0x0a12"})
+        service = d.app[SERVICE]
+        status = await d.json("GET", "/api/v1/status", 200)
+        engine = make_engine(pg_url)
+        try:
+            assert await GenerationProbe(engine, None).read() == status["desired_generation"]
+        finally:
+            await engine.dispose()
+        assert await service.refresh_cache() == 0
+        executed: list[str] = []
+
+        def seen(conn: object, cursor: object, statement: str, *_: object) -> None:
+            executed.append(statement)
+
+        event.listen(Engine, "before_cursor_execute", seen)
+        try:
+            assert await service.refresh_cache() == 0
+        finally:
+            event.remove(Engine, "before_cursor_execute", seen)
+        assert executed == []
