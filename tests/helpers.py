@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from pkeyd.api.app import create_app
 from pkeyd.api.keys import RECONCILER
@@ -57,3 +59,18 @@ async def running_daemon(
     app = create_app(settings, reloader=reloader, open_reader=open_reader)
     async with TestClient(TestServer(app)) as client:
         yield Daemon(client, settings, app)
+
+
+@contextmanager
+def sqlalchemy_statements() -> Iterator[list[str]]:
+    """The statements any engine sends through SQLAlchemy while the block runs."""
+    executed: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *_: object) -> None:
+        executed.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        yield executed
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)

@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from pkeyd.api.keys import SERVICE
 from pkeyd.config import Settings
 from pkeyd.store.engine import GenerationProbe, alembic_config, ensure_schema, make_engine
-from tests.helpers import Daemon, running_daemon
+from tests.helpers import Daemon, running_daemon, sqlalchemy_statements
 
 
 class _Reloads:
@@ -238,14 +237,6 @@ async def test_the_cache_poll_reads_the_generation_on_asyncpg_directly(
         finally:
             await engine.dispose()
         assert await service.refresh_cache() == 0
-        executed: list[str] = []
-
-        def seen(conn: object, cursor: object, statement: str, *_: object) -> None:
-            executed.append(statement)
-
-        event.listen(Engine, "before_cursor_execute", seen)
-        try:
+        with sqlalchemy_statements() as executed:
             assert await service.refresh_cache() == 0
-        finally:
-            event.remove(Engine, "before_cursor_execute", seen)
         assert executed == []

@@ -6,8 +6,7 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine
 
 from pkeyd.api.keys import SERVICE
 from pkeyd.cache import PartitionCache
@@ -15,7 +14,7 @@ from pkeyd.domain import Partition, PKey, PortGuid
 from pkeyd.drafts import MemberSpec
 from pkeyd.service import PartitionService
 from pkeyd.store.engine import make_engine, make_sessionmaker, stored_generation_now
-from tests.helpers import Daemon
+from tests.helpers import Daemon, sqlalchemy_statements
 
 PART = "/api/v1/partitions/0x0a12"
 G1 = PortGuid(0x0002C90300000011)
@@ -109,14 +108,6 @@ async def test_the_poll_on_sqlite_reads_the_generation_on_the_loop(daemon: Daemo
     service = daemon.app[SERVICE]
     await daemon.json("POST", "/api/v1/partitions", 201, json={"name": "t", "pkey": "0x0a12"})
     assert await service.refresh_cache() == 0  # synced with the stored generation
-    executed: list[str] = []
-
-    def seen(conn: object, cursor: object, statement: str, *_: object) -> None:
-        executed.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", seen)
-    try:
+    with sqlalchemy_statements() as executed:
         assert await service.refresh_cache() == 0
-    finally:
-        event.remove(Engine, "before_cursor_execute", seen)
     assert executed == []
