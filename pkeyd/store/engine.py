@@ -6,7 +6,9 @@ pragmas live here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,10 @@ DIRECT_STATEMENTS = "pkeyd_direct_statements"
 
 
 class WriteLockBusyError(Exception):
-    """Another connection holds the database's write lock (WRITE_TRANSACTION="now")."""
+    """Another connection holds a lock a statement needed, and it was not to wait.
+
+    The write lock for WRITE_TRANSACTION="now"; any lock that keeps a reader
+    out for stored_generation_now."""
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -85,27 +90,32 @@ def _sqlite_begin(conn: Connection) -> None:
     if write != _NOW:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
         return
-    # On the driver's own cursor: these three run once per group commit,
-    # on the event loop, and need none of SQLAlchemy's statement handling.
-    cursor = conn.connection.cursor()
+    # On the driver's own cursor: this runs once per group commit, on the
+    # event loop, and needs none of SQLAlchemy's statement handling.
+    with _without_waiting(conn.connection) as cursor:
+        cursor.execute("BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
+def _without_waiting(dbapi_conn: Any) -> Iterator[sqlite3.Cursor]:
+    """A cursor whose statements fail at once (WriteLockBusyError) rather than wait for a lock.
+
+    The connection waits for locks again (busy_timeout) once the block ends.
+    """
+    cursor = dbapi_conn.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout=0")
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
         except sqlite3.OperationalError as exc:
-            if _busy(exc):
+            # The primary code: SQLite may report an extended one (BUSY_SNAPSHOT, ...).
+            if (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise WriteLockBusyError(str(exc)) from exc
             raise
         finally:
             cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     finally:
         cursor.close()
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    """Whether SQLite refused because another connection holds a lock."""
-    # The primary code: SQLite may report an extended one (BUSY_SNAPSHOT, ...).
-    return (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 # Plain SQL that SQLite and PostgreSQL read alike.
@@ -128,19 +138,10 @@ def stored_generation_now(engine: Engine) -> int | None:
     """
     dbapi_conn = engine.raw_connection()
     try:
-        cursor = dbapi_conn.cursor()
-        try:
-            cursor.execute("PRAGMA busy_timeout=0")
-            try:
-                row = cursor.execute(_STORED_GENERATION).fetchone()
-            except sqlite3.OperationalError as exc:
-                if _busy(exc):
-                    return None
-                raise
-            finally:
-                cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        finally:
-            cursor.close()
+        with _without_waiting(dbapi_conn) as cursor:
+            row = cursor.execute(_STORED_GENERATION).fetchone()
+    except WriteLockBusyError:
+        return None
     finally:
         dbapi_conn.close()  # back to the pool
     return int(row[0]) if row else 0
