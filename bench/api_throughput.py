@@ -165,13 +165,12 @@ async def _paced(
     return time.perf_counter() - start, latencies
 
 
-def _report(
-    label: str,
-    wall: float,
-    latencies: list[float],
-    target_rate: float | None,
-    cpu: tuple[float, float] | None = None,
-) -> None:
+# A phase's wall time, latencies, and CPU seconds of pkeyd and of the clients.
+Phase = tuple[float, list[float], tuple[float, float]]
+
+
+def _report(label: str, phase: Phase, target_rate: float | None) -> None:
+    wall, latencies, cpu = phase
     rate = len(latencies) / wall
     p50, p99 = _quantile(latencies, 0.50) * 1000, _quantile(latencies, 0.99) * 1000
     verdict = ""
@@ -182,9 +181,8 @@ def _report(
         f"  {label}: {len(latencies)} in {wall:.2f} s = {rate:,.0f}/s{verdict}; "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({p99_ok}, < 50 ms)"
     )
-    if cpu is not None:
-        server, client = (c / len(latencies) * 1e6 for c in cpu)
-        print(f"    CPU per request: pkeyd {server:.0f} us, the clients {client:.0f} us")
+    server, client = (c / len(latencies) * 1e6 for c in cpu)
+    print(f"    CPU per request: pkeyd {server:.0f} us, the clients {client:.0f} us")
 
 
 class _Cpu:
@@ -219,9 +217,7 @@ async def _bulk(http: aiohttp.ClientSession, prefix: int) -> tuple[float, int]:
     return seconds, len(json.loads(answer)["members"])
 
 
-async def _floor(
-    document: bytes, method: str, per_client: int
-) -> tuple[float, list[float], tuple[float, float]]:
+async def _floor(document: bytes, method: str, per_client: int) -> Phase:
     """The same closed loop against bench.floor_server answering `document`.
 
     Run right after the pkeyd phase it is set beside, so that both see the
@@ -283,7 +279,7 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
     proc = await _start(workdir, port)
     written = [0] * CLIENTS  # GUIDs added so far, per client
     document = [b""]  # a partition document as the last write or read got it
-    floor: dict[str, tuple[float, list[float], tuple[float, float]]] = {}
+    floor: dict[str, Phase] = {}
 
     def path(c: int) -> str:
         return f"/api/v1/partitions/0x{0x100 + c:04x}"
@@ -306,7 +302,7 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
         assert answer, "an empty document"
         document[0] = answer
 
-    results: dict[str, tuple[float, list[float], tuple[float, float] | None]] = {}
+    results: dict[str, Phase] = {}
     try:
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(base) as http:
@@ -318,21 +314,20 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
             await _settled(http)
             idle = await _idle_cpu(proc.pid)
             cpu = _Cpu(proc.pid)
-            results["writes"] = (*await _load(connections, writes, write), cpu.lap())
-            await _settled(http)
+
+            async def phase(run: Awaitable[tuple[float, list[float]]]) -> Phase:
+                """Once pkeyd is settled: the phase's wall time, latencies and CPU."""
+                await _settled(http)
+                cpu.lap()
+                return (*await run, cpu.lap())
+
+            results["writes"] = await phase(_load(connections, writes, write))
             floor["writes"] = await _floor(document[0], "POST", writes)
-            cpu.lap()
-            results["reads"] = (*await _load(connections, reads, read), cpu.lap())
+            results["reads"] = await phase(_load(connections, reads, read))
             floor["reads"] = await _floor(document[0], "GET", reads)
-            await _settled(http)
-            cpu.lap()
-            results["minimal"] = (*await _load(connections, writes, write_minimal), cpu.lap())
-            await _settled(http)
-            cpu.lap()
-            results["paced_writes"] = (*await _paced(connections, 1000, paced_s, write), cpu.lap())
-            await _settled(http)
-            cpu.lap()
-            results["paced_reads"] = (*await _paced(connections, 5000, paced_s, read), cpu.lap())
+            results["minimal"] = await phase(_load(connections, writes, write_minimal))
+            results["paced_writes"] = await phase(_paced(connections, 1000, paced_s, write))
+            results["paced_reads"] = await phase(_paced(connections, 5000, paced_s, read))
             for conn in connections:
                 conn.close()
 
@@ -353,19 +348,12 @@ async def bench(writes: int, reads: int, paced_s: float) -> None:
     print(f" Idle before the first phase: pkeyd used {idle * 1000:.1f} ms of CPU a second "
           f"over {IDLE_S:.0f} s (its periodic work)")  # fmt: skip
     print(" As fast as the clients can go (each sends its next request when answered):")
-    _report("single-member writes", *results["writes"][:2], 1000, results["writes"][2])
-    _report("reads of one partition", *results["reads"][:2], 5000, results["reads"][2])
-    _report(
-        "single-member writes, Prefer: return=minimal",
-        *results["minimal"][:2],
-        1000,
-        results["minimal"][2],
-    )
+    _report("single-member writes", results["writes"], 1000)
+    _report("reads of one partition", results["reads"], 5000)
+    _report("single-member writes, Prefer: return=minimal", results["minimal"], 1000)
     print(" At the target rates (requests due on a fixed schedule; latency from when due):")
-    _report("single-member writes offered at 1,000/s", *results["paced_writes"][:2], None,
-            results["paced_writes"][2])  # fmt: skip
-    _report("reads offered at 5,000/s", *results["paced_reads"][:2], None,
-            results["paced_reads"][2])  # fmt: skip
+    _report("single-member writes offered at 1,000/s", results["paced_writes"], None)
+    _report("reads offered at 5,000/s", results["paced_reads"], None)
     median = sorted(s for s, _ in bulk)[len(bulk) // 2]
     verdict = "met" if median < 3 else "MISSED"
     each = ", ".join(f"{s:.2f} s" for s, _ in bulk)
