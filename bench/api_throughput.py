@@ -13,6 +13,8 @@ clients in this process on keep-alive connections (aiohttp). Measured:
   each latency counted from when its request was due;
 - bulk: one POST .../members with 100,000 GUIDs to a new partition, three
   times (the verdict by the median).
+Each phase prints the CPU a request cost pkeyd, its event loop's thread and
+the clients, and the share of a core that thread used: pkeyd's ceiling.
 Each phase starts when pkeyd has applied every change so far. For scale,
 the same clients then drive bench.floor_server (aiohttp alone, answering a
 document as large as pkeyd's from memory) right after pkeyd's closed-loop
@@ -93,9 +95,10 @@ async def _answering(port: int, path: str) -> None:
     raise SystemExit(f"nothing answered on port {port}")
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def _cpu_s(pid: int, *, main_thread: bool = False) -> float:
+    """CPU seconds (user + system) a process, or its main thread, has used so far (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -165,8 +168,9 @@ async def _paced(
     return time.perf_counter() - start, latencies
 
 
-# A phase's wall time, latencies, and CPU seconds of pkeyd and of the clients.
-Phase = tuple[float, list[float], tuple[float, float]]
+# A phase's wall time, latencies, and CPU seconds: pkeyd, its event loop's
+# thread (the main one), and the clients.
+Phase = tuple[float, list[float], tuple[float, float, float]]
 
 
 def _report(label: str, phase: Phase, target_rate: float | None) -> None:
@@ -181,20 +185,25 @@ def _report(label: str, phase: Phase, target_rate: float | None) -> None:
         f"  {label}: {len(latencies)} in {wall:.2f} s = {rate:,.0f}/s{verdict}; "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({p99_ok}, < 50 ms)"
     )
-    server, client = (c / len(latencies) * 1e6 for c in cpu)
-    print(f"    CPU per request: pkeyd {server:.0f} us, the clients {client:.0f} us")
+    server, loop, client = (c / len(latencies) * 1e6 for c in cpu)
+    print(f"    CPU per request: pkeyd {server:.0f} us (its event loop's thread {loop:.0f} us, "
+          f"{cpu[1] / wall:.2f} of a core), the clients {client:.0f} us")  # fmt: skip
 
 
 class _Cpu:
-    """CPU seconds of pkeyd and of this process since the last call."""
+    """CPU seconds of a server, of its main thread and of this process since the last call."""
 
     def __init__(self, pid: int) -> None:
         self._pid = pid
-        self._last = (_cpu_s(pid), time.process_time())
+        self._last = self._now()
 
-    def lap(self) -> tuple[float, float]:
-        now = (_cpu_s(self._pid), time.process_time())
-        spent = (now[0] - self._last[0], now[1] - self._last[1])
+    def _now(self) -> tuple[float, float, float]:
+        pid = self._pid
+        return _cpu_s(pid), _cpu_s(pid, main_thread=True), time.process_time()
+
+    def lap(self) -> tuple[float, float, float]:
+        now = self._now()
+        spent = (now[0] - self._last[0], now[1] - self._last[1], now[2] - self._last[2])
         self._last = now
         return spent
 

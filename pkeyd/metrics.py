@@ -26,6 +26,9 @@ DRIFT_KINDS = ("missing", "wrong_membership", "unexpected", "absent_member", "ov
 REFUSAL_REASONS = ("self_check",)
 # Latencies from a few ms (a reload) to minutes (OpenSM down, then back).
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# How late the event loop's timers fire: from a millisecond (an idle loop)
+# to seconds (a loop that cannot keep up).
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # Upper bounds of the table usage distribution (used entries / PartitionCap).
 # 0.9 and 1.0 are there for the alert: a full table makes pkeyd refuse changes.
 TABLE_USAGE_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0)
@@ -197,6 +200,18 @@ class Metrics:
             "pkeyd_http_request_duration_seconds",
             "HTTP request latency by route and method",
             ["route", "method"],
+            registry=registry,
+        )
+        # Sampled by pkeyd.loopwatch.
+        self.loop_cpu = Counter(
+            "pkeyd_event_loop_cpu_seconds_total",
+            "CPU time of the event loop's thread, where requests, commits and renders run",
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "pkeyd_event_loop_lag_seconds",
+            "How late a timer on the event loop fired: how long due work waited for the loop",
+            buckets=LOOP_LAG_BUCKETS,
             registry=registry,
         )
         # The labelled children of the HTTP metrics, found once per label set:

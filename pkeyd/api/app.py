@@ -41,6 +41,7 @@ from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
 from pkeyd.configfile import runtime_update
 from pkeyd.fabric.verbs import read_local_ports
+from pkeyd.loopwatch import watch_loop
 from pkeyd.metrics import Metrics
 from pkeyd.notify import Notifier, heartbeat, stuck_limit
 from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
@@ -153,6 +154,7 @@ def _lifecycle(
                 app[VERIFIER] = verifier
                 tasks["verify"] = _guarded(verifier.run(), "pkeyd-verify")
             tasks["reconcile"] = _guarded(reconciler.run(), "pkeyd-reconcile")
+            tasks["loop"] = _guarded(watch_loop(metrics), "pkeyd-loopwatch")
             if notifier is not None and notifier.enabled:
                 feed = heartbeat(notifier, reconciler, tasks, stuck_limit_s=stuck_limit(settings))
                 tasks["watchdog"] = _guarded(feed, "pkeyd-watchdog")

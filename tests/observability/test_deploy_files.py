@@ -125,6 +125,8 @@ def test_dashboard_covers_each_area() -> None:
         "pkeyd_port_pkey_table_usage_ratio_bucket",
         "pkeyd_http_requests_total",
         "pkeyd_http_request_duration_seconds_bucket",
+        "pkeyd_event_loop_cpu_seconds_total",
+        "pkeyd_event_loop_lag_seconds_bucket",
     ):
         assert metric in names
 
