@@ -1,10 +1,11 @@
 """How busy the event loop is: its thread's CPU time, and how late its timers fire.
 
 Every request, group commit and reconcile slice runs on one event-loop
-thread, so that thread is pkeyd's ceiling. In bench.api_throughput's setup
-(2 cores shared with the clients) it used 0.79 of a core at 1,000
-single-member writes a second, when the writes' p99 was 46 ms, and 0.86 at
-1,200 a second, when it was 74 ms; reads at 5,000 a second took it to 0.92.
+thread, so that thread is pkeyd's ceiling: in bench.api_throughput (2
+cores shared with the clients) it used 0.85 of a core for 1,400-1,700
+single-member writes a second and 0.98 for 5,400-5,800 reads; past about
+0.8 the requests' p99 latency climbs steeply (docs/metrics.md).
+
 Two series let an operator see the ceiling coming on a dashboard rather
 than in the clients' timeouts:
 
