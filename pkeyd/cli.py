@@ -88,6 +88,7 @@ _SPECS = (
     ("max_members_per_request", "--max-members-per-request", "MAX_MEMBERS_PER_REQUEST",
      "GUIDs one request may name", "N"),
     ("idempotency_ttl_s", "--idempotency-ttl", "IDEMPOTENCY_TTL", "keys kept this long", "S"),
+    ("revision_ttl_s", "--revision-ttl", "REVISION_TTL", "revisions kept this long (0: all)", "S"),
     ("cache_refresh_s", "--cache-refresh", "CACHE_REFRESH", "other writers seen within", "S"),
     ("fabric_reader", "--fabric-reader", "FABRIC_READER", "verify PKey tables over SMPs"),
     ("verify_interval_s", "--verify-interval", "VERIFY_INTERVAL", "between passes", "S"),

@@ -61,6 +61,8 @@ class Settings:
     max_members_per_request: int = 100_000
     # How long an Idempotency-Key and the answer stored with it are kept.
     idempotency_ttl_s: float = 86_400.0
+    # Revisions older than this are deleted (pkeyd.retention); 0 keeps them all.
+    revision_ttl_s: float = 0.0
     # Reads come from memory; changes committed by another pkeyd sharing the
     # database are seen within this many seconds (this process's own: at once).
     cache_refresh_s: float = 0.2
@@ -155,6 +157,8 @@ class Settings:
         for name in ("idempotency_ttl_s", "cache_refresh_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be greater than 0")
+        if not self.revision_ttl_s >= 0:
+            raise ValueError("revision_ttl_s must not be negative (0 keeps every revision)")
         ordered = sorted(self.pkey_ranges, key=lambda r: r.low)
         for lower, upper in itertools.pairwise(ordered):
             if upper.low <= lower.high:

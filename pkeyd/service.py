@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import datetime
 
 import structlog
 from sqlalchemy import select
@@ -20,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pkeyd import history
+from pkeyd import history, retention
 from pkeyd.cache import PartitionCache
 from pkeyd.capacity import CapacityGuard
 from pkeyd.config import Settings
@@ -384,6 +385,10 @@ class PartitionService:
     async def replace_all(self, partitions: Sequence[Partition]) -> int:
         """Make these the whole desired state (import). Returns the new generation."""
         return await self._committer.run(replace_all_op(partitions, NO_OPTIONS))
+
+    async def prune_revisions(self, older_than: datetime, limit: int = retention.BATCH) -> int:
+        """Delete the revisions made before `older_than`, `limit` per transaction; how many."""
+        return await retention.prune(self._committer.run, older_than, limit)
 
     # -- reads ---------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from pkeyd.metrics import Metrics
 from pkeyd.notify import Notifier, heartbeat, stuck_limit
 from pkeyd.opensm.reload import CommandReloader, Reloader, SighupReloader
 from pkeyd.reconcile import Reconciler
+from pkeyd.retention import keep_revisions
 from pkeyd.service import PartitionService
 from pkeyd.snapshots import DesiredStateLoader
 from pkeyd.store.engine import (
@@ -155,6 +156,9 @@ def _lifecycle(
                 tasks["verify"] = _guarded(verifier.run(), "pkeyd-verify")
             tasks["reconcile"] = _guarded(reconciler.run(), "pkeyd-reconcile")
             tasks["loop"] = _guarded(watch_loop(metrics), "pkeyd-loopwatch")
+            if settings.revision_ttl_s > 0:
+                pruning = keep_revisions(service.prune_revisions, settings.revision_ttl_s)
+                tasks["retention"] = _guarded(pruning, "pkeyd-retention")
             if notifier is not None and notifier.enabled:
                 feed = heartbeat(notifier, reconciler, tasks, stuck_limit_s=stuck_limit(settings))
                 tasks["watchdog"] = _guarded(feed, "pkeyd-watchdog")

@@ -121,6 +121,34 @@ async def deltas_after(
     return [(g, PartitionDelta.loads(d)) for g, d in rows]
 
 
+async def prune_revisions(session: AsyncSession, older_than: datetime, limit: int) -> int:
+    """Delete up to `limit` of the oldest revisions, those made before `older_than`.
+
+    Oldest first, by generation, stopping at the first revision that is not
+    older (the clock may have stepped back): what remains is every revision
+    from some generation on, which is all that restoring or diffing any of
+    them needs (they undo the later ones). Answers how many were deleted.
+    """
+    oldest = (
+        await session.execute(
+            select(RevisionRow.generation, RevisionRow.at)
+            .order_by(RevisionRow.generation)
+            .limit(limit)
+        )
+    ).all()
+    pruned = 0
+    for _, at in oldest:
+        if at >= older_than:
+            break
+        pruned += 1
+    if not pruned:
+        return 0
+    last = oldest[pruned - 1][0]
+    await session.execute(delete(RevisionChangeRow).where(RevisionChangeRow.generation <= last))
+    await session.execute(delete(RevisionRow).where(RevisionRow.generation <= last))
+    return pruned
+
+
 @dataclass(frozen=True, slots=True)
 class StoredAnswer:
     request_hash: str

@@ -19,6 +19,7 @@ from pkeyd.api.keys import SERVICE
 from pkeyd.config import Settings
 from pkeyd.store.engine import GenerationProbe, alembic_config, ensure_schema, make_engine
 from tests.helpers import Daemon, running_daemon, sqlalchemy_statements
+from tests.unit.test_retention import check_pruning_keeps_what_restores
 
 
 class _Reloads:
@@ -184,6 +185,12 @@ async def test_the_api_writes_the_same_file_on_postgresql_as_on_sqlite(
     assert files[0] == files[1]
     assert "tenant-a=0x0a12" in files[1]
     assert "mgid=ff12:1234::5" in files[1]
+
+
+async def test_revisions_are_pruned_on_postgresql_as_on_sqlite(pg_url: str, tmp_path: Path) -> None:
+    async with running_daemon(_settings(pg_url, tmp_path), _Reloads()) as d:
+        await d.wait_applied()
+        await check_pruning_keeps_what_restores(d)
 
 
 async def test_two_daemons_on_one_database_keep_names_and_pkeys_unique(
