@@ -26,8 +26,8 @@ import time
 
 from pkeyd.metrics import Metrics
 
-# Two samples a second: 120 a minute for the lag's quantiles, and a wakeup
-# that costs microseconds.
+# Two samples a second: 120 a minute for the lag's quantiles. An idle daemon
+# spent 0.7 ms of CPU a second more with them (4.0-4.2 against 3.4 ms).
 TICK_S = 0.5
 
 
