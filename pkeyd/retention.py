@@ -2,12 +2,13 @@
 
 Every committed change is a revision, kept for the audit trail, the diffs
 and restores. Without a bound the table grows for as long as the daemon
-runs: a provisioning system adding members around the clock writes millions
-of revisions a day. With revision_ttl_s set, the daemon deletes the older
-ones every PRUNE_EVERY_S, in transactions of at most BATCH revisions
-through the group commit, so that writers wait for one short transaction at
-most. The revisions left are always every one from some generation on, so
-each of them can still be diffed and restored. 0 (the default) keeps them all.
+runs: 100 member writes a second make 8.6 million revisions a day. With
+revision_ttl_s set, the daemon deletes the older ones every PRUNE_EVERY_S,
+in transactions of at most BATCH revisions through the group commit, so
+that a writer waits for one such transaction at most (about 25 ms on
+SQLite). The revisions left are always every one from some generation on,
+so each of them can still be diffed and restored. 0 (the default) keeps
+them all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pkeyd.store import journal
 log = structlog.get_logger("pkeyd.retention")
 
 PRUNE_EVERY_S = 600.0
-# Revisions per transaction: a few milliseconds of deletes on SQLite.
+# Revisions per transaction. On SQLite here 6,001 revisions took 100 ms in
+# batches of 2,000 (about 25 ms a transaction), 230 ms in batches of 500.
 BATCH = 2_000
 
 Run = Callable[[Op[int]], Awaitable[int]]
