@@ -12,12 +12,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pkeyd.api.app import create_app
 from pkeyd.api.keys import RECONCILER
 from pkeyd.config import Settings
 from pkeyd.opensm.reload import Reloader
 from pkeyd.reconcile import Reconciler
+from pkeyd.store.engine import make_engine, make_sessionmaker
 from pkeyd.verification import ReaderFactory
 
 
@@ -74,3 +76,13 @@ def sqlalchemy_statements() -> Iterator[list[str]]:
         yield executed
     finally:
         event.remove(Engine, "before_cursor_execute", seen)
+
+
+@asynccontextmanager
+async def other_connection(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on a database of its own engine, as another process would open them."""
+    engine = make_engine(db_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        await engine.dispose()

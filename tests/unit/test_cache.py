@@ -13,8 +13,8 @@ from pkeyd.cache import PartitionCache
 from pkeyd.domain import Partition, PKey, PortGuid
 from pkeyd.drafts import MemberSpec
 from pkeyd.service import PartitionService
-from pkeyd.store.engine import make_engine, make_sessionmaker, stored_generation_now
-from tests.helpers import Daemon, sqlalchemy_statements
+from pkeyd.store.engine import stored_generation_now
+from tests.helpers import Daemon, other_connection, sqlalchemy_statements
 
 PART = "/api/v1/partitions/0x0a12"
 G1 = PortGuid(0x0002C90300000011)
@@ -23,12 +23,9 @@ G1 = PortGuid(0x0002C90300000011)
 async def test_another_process_write_is_seen_after_a_refresh(daemon: Daemon) -> None:
     await daemon.json("POST", "/api/v1/partitions", 201, json={"name": "t", "pkey": "0x0a12"})
     assert (await daemon.json("GET", PART, 200))["members"] == []
-    engine = make_engine(daemon.settings.db_url)
-    try:
-        other = PartitionService(make_sessionmaker(engine), daemon.settings, lambda: None)
+    async with other_connection(daemon.settings.db_url) as sessions:
+        other = PartitionService(sessions, daemon.settings, lambda: None)
         await other.add_members(PKey(0x0A12), [MemberSpec(G1, None, False)], [])
-    finally:
-        await engine.dispose()
     service = daemon.app[SERVICE]
     assert await service.refresh_cache() == 1  # the changed partition is dropped
     got = await daemon.json("GET", PART, 200)
@@ -39,12 +36,9 @@ async def test_another_process_write_is_seen_after_a_refresh(daemon: Daemon) -> 
 async def test_a_partition_deleted_elsewhere_disappears(daemon: Daemon) -> None:
     await daemon.json("POST", "/api/v1/partitions", 201, json={"name": "t", "pkey": "0x0a12"})
     await daemon.json("GET", PART, 200)
-    engine = make_engine(daemon.settings.db_url)
-    try:
-        other = PartitionService(make_sessionmaker(engine), daemon.settings, lambda: None)
+    async with other_connection(daemon.settings.db_url) as sessions:
+        other = PartitionService(sessions, daemon.settings, lambda: None)
         await other.delete_partition(PKey(0x0A12))
-    finally:
-        await engine.dispose()
     await daemon.app[SERVICE].refresh_cache()
     await daemon.json("GET", PART, 404)
 

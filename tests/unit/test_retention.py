@@ -13,9 +13,8 @@ from sqlalchemy import select, update
 from pkeyd import retention
 from pkeyd.api.keys import BACKGROUND_TASKS, SERVICE
 from pkeyd.config import Settings
-from pkeyd.store.engine import make_engine, make_sessionmaker
 from pkeyd.store.models import RevisionChangeRow, RevisionRow
-from tests.helpers import Daemon, running_daemon
+from tests.helpers import Daemon, other_connection, running_daemon
 from tests.unit.conftest import CountingReloader
 
 PART = "/api/v1/partitions/0x0a12"
@@ -37,32 +36,22 @@ async def _history(daemon: Daemon) -> None:
 
 async def _backdate(db_url: str, generations: Sequence[int]) -> None:
     """Make these revisions look 100 days old, as if written then."""
-    engine = make_engine(db_url)
-    try:
-        async with make_sessionmaker(engine)() as session, session.begin():
-            await session.execute(
-                update(RevisionRow)
-                .where(RevisionRow.generation.in_(generations))
-                .values(at=LONG_AGO)
-            )
-    finally:
-        await engine.dispose()
+    async with other_connection(db_url) as sessions, sessions() as session, session.begin():
+        await session.execute(
+            update(RevisionRow).where(RevisionRow.generation.in_(generations)).values(at=LONG_AGO)
+        )
 
 
 async def _stored(db_url: str) -> tuple[list[int], list[int]]:
     """Generations of the revisions stored, and of their changes."""
-    engine = make_engine(db_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            revisions = await session.scalars(
-                select(RevisionRow.generation).order_by(RevisionRow.generation)
-            )
-            changes = await session.scalars(
-                select(RevisionChangeRow.generation).order_by(RevisionChangeRow.generation)
-            )
-            return list(revisions), list(changes)
-    finally:
-        await engine.dispose()
+    async with other_connection(db_url) as sessions, sessions() as session:
+        revisions = await session.scalars(
+            select(RevisionRow.generation).order_by(RevisionRow.generation)
+        )
+        changes = await session.scalars(
+            select(RevisionChangeRow.generation).order_by(RevisionChangeRow.generation)
+        )
+        return list(revisions), list(changes)
 
 
 def _cutoff() -> datetime:
